@@ -1,0 +1,36 @@
+# BFC Payments — the two commands of the quick start are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test stop install lint unit status
+
+run: install ## create .venv, install, start everything (idempotent)
+	$(BIN)/bfc up
+
+stop: ## stop everything `make run` started; data under .stack/ is kept
+	@if [ -x $(BIN)/bfc ]; then $(BIN)/bfc down; fi
+
+status:
+	$(BIN)/bfc status
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: install ## ruff, mypy (strict for app code), import-linter contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: install ## the fast tests only, no stack
+	$(BIN)/pytest tests/unit tests/workflows
+
+test: lint ## the whole suite; starts the stack it needs and stops what it started
+	$(BIN)/pytest

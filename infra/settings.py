@@ -1,0 +1,108 @@
+"""One settings class for every process, read from the environment (prefix ``BFC_``).
+
+Ports and paths have the local stack's defaults; secrets are not here: they come from
+Vault, and only the bootstrap credentials that reach Vault itself (an AppRole) may be
+given in the environment.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Custom search attributes the workflows publish, registered with Temporal at start.
+# No PII goes into any of them: ids, codes, amounts and times only.
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    "PaymentStatus": "Keyword",
+    "PaymentKind": "Keyword",
+    "CustomerId": "Keyword",
+    "AmountMinor": "Int",
+    "Currency": "Keyword",
+    "RiskScore": "Double",
+    "ReviewStatus": "Keyword",
+    "ReviewKind": "Keyword",
+    "ReviewAssignee": "Keyword",
+    "ReviewDueAt": "Datetime",
+    "ReviewEscalations": "Int",
+    "OnboardingStatus": "Keyword",
+    "RiskTier": "Keyword",
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BFC_", extra="ignore")
+
+    # Where the local stack keeps binaries it fetched, data, pid files and logs.
+    stack_dir: Path = Path(".stack")
+    host: str = "127.0.0.1"
+
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    temporal_namespace: str = "default"
+    task_queue: str = "bfc-payments"
+
+    postgres_port: int = 5433
+    postgres_db: str = "bfc"
+    postgres_user: str = "postgres"
+    # PostgreSQL refuses to run as root; the launcher then runs it as this system user.
+    postgres_os_user: str = "bfc_postgres"
+
+    vault_port: int = 8200
+    vault_kv_mount: str = "secret"
+    vault_secrets_path: str = "bfc"
+    vault_transit_mount: str = "transit"
+    vault_transit_key: str = "bfc-platform"
+    vault_approle_mount: str = "approle"
+    vault_role_id: str | None = None
+    vault_secret_id: SecretStr | None = None
+
+    keycloak_version: str = "26.7.3"
+    keycloak_port: int = 8080
+    keycloak_management_port: int = 9000
+    keycloak_realm: str = "bfc"
+    keycloak_audience: str = "bfc-api"
+
+    api_port: int = 8000
+
+    @cached_property
+    def stack_path(self) -> Path:
+        return self.stack_dir.resolve()
+
+    @property
+    def temporal_address(self) -> str:
+        return f"{self.host}:{self.temporal_port}"
+
+    @property
+    def temporal_ui_url(self) -> str:
+        return f"http://{self.host}:{self.temporal_ui_port}"
+
+    @property
+    def database_url(self) -> str:
+        return (
+            f"postgresql+psycopg://{self.postgres_user}@{self.host}:"
+            f"{self.postgres_port}/{self.postgres_db}"
+        )
+
+    @property
+    def vault_url(self) -> str:
+        return f"http://{self.host}:{self.vault_port}"
+
+    @property
+    def keycloak_url(self) -> str:
+        return f"http://{self.host}:{self.keycloak_port}"
+
+    @property
+    def keycloak_issuer(self) -> str:
+        return f"{self.keycloak_url}/realms/{self.keycloak_realm}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+
+def get_settings() -> Settings:
+    """Build settings from the environment; called by entry points, never at import time."""
+    return Settings()

@@ -1,0 +1,101 @@
+"""Our own processes: the API (uvicorn) and a Temporal worker.
+
+They are started after the servers they need and get the AppRole credentials for Vault in
+their environment; everything else they read from settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import httpx
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+
+from infra.stack.base import Health, Service
+from infra.stack.process import ProcessRecord
+
+
+class AppService(Service):
+    """A Python process of ours; ``extra_env`` carries what the launcher hands it."""
+
+    extra_env: dict[str, str]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(getattr(self, "extra_env", {}))
+        env["BFC_STACK_DIR"] = str(self.settings.stack_path)
+        return env
+
+
+class ApiService(AppService):
+    name = "api"
+    start_timeout = 60.0
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.api_port,)
+
+    def launch(self) -> ProcessRecord:
+        s = self.settings
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:create_app",
+            "--factory",
+            "--host",
+            s.host,
+            "--port",
+            str(s.api_port),
+            "--no-access-log",
+        ]
+        return self.table.start(self.name, argv, env=self.env())
+
+    def probe(self) -> Health:
+        try:
+            response = httpx.get(f"{self.settings.api_url}/healthz", timeout=2)
+        except httpx.HTTPError as exc:
+            return Health("starting", str(exc))
+        if response.status_code != 200:
+            return Health("unhealthy", f"/healthz answered {response.status_code}")
+        return Health("healthy", self.settings.api_url)
+
+    def urls(self) -> dict[str, str]:
+        return {"API docs": f"{self.settings.api_url}/docs"}
+
+
+class WorkerService(AppService):
+    name = "worker"
+    start_timeout = 60.0
+
+    def launch(self) -> ProcessRecord:
+        return self.table.start(self.name, [sys.executable, "-m", "workers.main"], env=self.env())
+
+    def probe(self) -> Health:
+        record = self.running()
+        if record is None:
+            return Health("stopped")
+        try:
+            identities = asyncio.run(asyncio.wait_for(self._poller_identities(), timeout=5))
+        except Exception as exc:  # Temporal not answering: the worker cannot be healthy
+            return Health("starting", f"{type(exc).__name__}: {exc}")
+        # Temporal remembers pollers for minutes after they go; only our live pid counts.
+        if not any(identity.startswith(f"{record.pid}@") for identity in identities):
+            return Health("starting", f"not yet polling task queue {self.settings.task_queue}")
+        return Health("healthy", f"polling {self.settings.task_queue}")
+
+    async def _poller_identities(self) -> list[str]:
+        s = self.settings
+        client = await Client.connect(s.temporal_address, namespace=s.temporal_namespace)
+        response = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=s.temporal_namespace,
+                task_queue=TaskQueue(name=s.task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+        return [poller.identity for poller in response.pollers]

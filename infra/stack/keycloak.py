@@ -1,0 +1,143 @@
+"""Keycloak: the official server distribution from Maven Central, run on the machine's JDK.
+
+First start: ``mvn dependency:copy`` fetches ``org.keycloak:keycloak-quarkus-dist`` (zip)
+into ``.stack/cache``, it is unpacked under ``.stack/keycloak/`` and ``kc.sh build`` bakes
+the build-time options in once; every start after that is ``kc.sh start --optimized``,
+which skips the Quarkus augmentation (about 20 s here). The realm ``bfc`` is imported from
+``infra/deploy/keycloak/`` at start when it does not exist yet (Keycloak's own
+import-if-absent); its users, roles and sessions persist in the dev-file database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import zipfile
+from pathlib import Path
+
+import httpx
+
+from infra.stack.base import Health, Service, StackError
+from infra.stack.process import ProcessRecord
+
+REALM_DIR = Path(__file__).resolve().parent.parent / "deploy" / "keycloak"
+BUILD_OPTIONS = ["--db=dev-file", "--health-enabled=true"]
+DEV_ADMIN = ("admin", "dev-admin")  # master-realm console login, development only
+
+
+class KeycloakService(Service):
+    name = "keycloak"
+    start_timeout = 180.0
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.keycloak_port, self.settings.keycloak_management_port)
+
+    @property
+    def dist_dir(self) -> Path:
+        return self.home / f"keycloak-{self.settings.keycloak_version}"
+
+    @property
+    def kc_sh(self) -> Path:
+        return self.dist_dir / "bin" / "kc.sh"
+
+    def install(self) -> None:
+        for tool in ("java", "mvn"):
+            if shutil.which(tool) is None:
+                raise StackError(
+                    f"keycloak needs '{tool}' on PATH (Java 17+ and Maven); install it and retry"
+                )
+        if not self.kc_sh.exists():
+            self._fetch_and_unpack()
+        self._build_once()
+        imports = self.dist_dir / "data" / "import"
+        imports.mkdir(parents=True, exist_ok=True)
+        for realm_file in REALM_DIR.glob("*-realm.json"):
+            shutil.copyfile(realm_file, imports / realm_file.name)
+
+    def _fetch_and_unpack(self) -> None:
+        version = self.settings.keycloak_version
+        cache = self.settings.stack_path / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        archive = cache / f"keycloak-quarkus-dist-{version}.zip"
+        if not archive.exists():
+            self._run(
+                [
+                    "mvn",
+                    "-q",
+                    "-B",
+                    "dependency:copy",
+                    f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{version}:zip",
+                    f"-DoutputDirectory={cache}",
+                ],
+                what=f"fetching Keycloak {version} from Maven Central",
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        partial = self.home / f".unpacking-{version}"
+        shutil.rmtree(partial, ignore_errors=True)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(partial)
+        # zipfile drops the execute bits; the launch scripts need them.
+        for script in (partial / f"keycloak-{version}" / "bin").glob("*.sh"):
+            script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        (partial / f"keycloak-{version}").rename(self.dist_dir)
+        partial.rmdir()
+
+    def _build_once(self) -> None:
+        stamp = self.dist_dir / "bfc-build-options"
+        wanted = " ".join(BUILD_OPTIONS)
+        if stamp.exists() and stamp.read_text() == wanted:
+            return
+        self._run([str(self.kc_sh), "build", *BUILD_OPTIONS], what="kc.sh build")
+        stamp.write_text(wanted)
+
+    def _run(self, argv: list[str], *, what: str) -> None:
+        log = self.table.log_path(self.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            raise StackError(f"keycloak: {what} failed (exit {done.returncode}); see {log}")
+
+    def launch(self) -> ProcessRecord:
+        s = self.settings
+        argv = [
+            str(self.kc_sh),
+            "start",
+            "--optimized",
+            "--http-enabled=true",
+            f"--http-host={s.host}",
+            f"--http-port={s.keycloak_port}",
+            f"--http-management-port={s.keycloak_management_port}",
+            # A fixed hostname fixes the token issuer, however the server is reached.
+            f"--hostname={s.keycloak_url}",
+            "--import-realm",
+        ]
+        env = dict(os.environ)
+        env["KC_BOOTSTRAP_ADMIN_USERNAME"], env["KC_BOOTSTRAP_ADMIN_PASSWORD"] = DEV_ADMIN
+        return self.table.start(self.name, argv, env=env, cwd=self.dist_dir)
+
+    def probe(self) -> Health:
+        s = self.settings
+        try:
+            ready = httpx.get(
+                f"http://{s.host}:{s.keycloak_management_port}/health/ready", timeout=2
+            )
+            if ready.status_code != 200:
+                return Health("starting", f"health/ready: {ready.status_code}")
+            realm = httpx.get(f"{s.keycloak_issuer}/.well-known/openid-configuration", timeout=3)
+        except httpx.HTTPError as exc:
+            return Health("starting", str(exc))
+        if realm.status_code != 200:
+            return Health("unhealthy", f"realm {s.keycloak_realm}: {realm.status_code}")
+        return Health("healthy", s.keycloak_issuer)
+
+    def urls(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "Keycloak admin console": (
+                f"{s.keycloak_url}/admin/ (master realm: {DEV_ADMIN[0]} / {DEV_ADMIN[1]})"
+            ),
+            "Keycloak realm (issuer)": s.keycloak_issuer,
+        }

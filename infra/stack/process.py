@@ -1,0 +1,138 @@
+"""Background processes the stack starts, remembered by process id in a small JSON record.
+
+We stop only processes we started: a record names the pid, the process group we gave it and
+the executable, and a pid whose command line no longer names that executable (the pid was
+reused after a reboot, say) counts as gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    name: str
+    pid: int
+    executable: str
+    started_at: str
+
+    def is_alive(self) -> bool:
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if not cmdline:  # a zombie: exited, not yet reaped
+            return False
+        return os.path.basename(self.executable).encode() in cmdline
+
+
+class ProcessTable:
+    """Records of the processes started from one stack directory."""
+
+    def __init__(self, stack_path: Path) -> None:
+        self.run_dir = stack_path / "run"
+        self.log_dir = stack_path / "logs"
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def _record_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.json"
+
+    def get(self, name: str) -> ProcessRecord | None:
+        """The live process recorded for ``name``; a stale record is removed."""
+        path = self._record_path(name)
+        try:
+            record = ProcessRecord(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        if record.is_alive():
+            return record
+        path.unlink(missing_ok=True)
+        return None
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        user: str | None = None,
+    ) -> ProcessRecord:
+        """Start ``argv`` detached, in a session of its own, output appended to its log."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path(name)
+        with log.open("ab") as out:
+            out.write(f"--- {datetime.now(UTC).isoformat()} start: {' '.join(argv)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                user=user,
+                start_new_session=True,
+            )
+        record = ProcessRecord(
+            name=name,
+            pid=proc.pid,
+            executable=argv[0],
+            started_at=datetime.now(UTC).isoformat(),
+        )
+        self._record_path(name).write_text(json.dumps(asdict(record)))
+        return record
+
+    def stop(
+        self, name: str, *, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0
+    ) -> bool:
+        """Stop the recorded process group; True if something was running."""
+        record = self.get(name)
+        if record is None:
+            return False
+        # The process leads its own session (start_new_session), so its group id is its pid:
+        # signalling the group also ends children such as the JVM that kc.sh starts.
+        _signal_group(record.pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not record.is_alive():
+                break
+            time.sleep(0.1)
+        else:
+            _signal_group(record.pid, signal.SIGKILL)
+        _reap(record.pid)
+        self._record_path(name).unlink(missing_ok=True)
+        return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    # A child of this very process (started in the same `bfc` run) must be reaped, or it
+    # lingers as a zombie; for anyone else's child this is a no-op.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,90 @@
+"""Vault (OpenBao locally) for processes of the platform: secrets from KV v2, Transit.
+
+Processes log in with an AppRole (role id + secret id are the only bootstrap credentials
+that may come from the environment). A secret the platform needs and cannot read stops
+the process at start with one line that names it.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import hvac
+import requests
+from hvac.exceptions import Forbidden, InvalidPath, VaultError
+
+from infra.settings import Settings
+
+
+class SecretsUnavailable(RuntimeError):
+    """Vault cannot be reached or refuses us; the message names what and where."""
+
+
+class MissingSecret(SecretsUnavailable):
+    pass
+
+
+def connect_vault(settings: Settings) -> hvac.Client:
+    if settings.vault_role_id is None or settings.vault_secret_id is None:
+        raise SecretsUnavailable(
+            "BFC_VAULT_ROLE_ID and BFC_VAULT_SECRET_ID are not set (the stack writes them to "
+            ".stack/vault/approle.json)"
+        )
+    client = hvac.Client(url=settings.vault_url, timeout=5)
+    try:
+        client.auth.approle.login(
+            role_id=settings.vault_role_id,
+            secret_id=settings.vault_secret_id.get_secret_value(),
+            mount_point=settings.vault_approle_mount,
+        )
+    except (VaultError, requests.RequestException) as exc:
+        raise SecretsUnavailable(f"vault login at {settings.vault_url} failed: {exc}") from exc
+    return client
+
+
+class SecretStore:
+    """Provider credentials and signing secrets under ``<kv mount>/<secrets path>/<name>``."""
+
+    def __init__(self, client: hvac.Client, settings: Settings) -> None:
+        self._client = client
+        self._mount = settings.vault_kv_mount
+        self._base = settings.vault_secrets_path
+
+    def read(self, name: str) -> dict[str, str]:
+        path = f"{self._base}/{name}"
+        try:
+            response = self._client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self._mount, raise_on_deleted_version=True
+            )
+        except (InvalidPath, Forbidden) as exc:
+            raise MissingSecret(f"secret {self._mount}/{path} is missing or not readable") from exc
+        data: dict[str, str] = response["data"]["data"]
+        return data
+
+    def names(self) -> list[str]:
+        response = self._client.secrets.kv.v2.list_secrets(path=self._base, mount_point=self._mount)
+        return sorted(response["data"]["keys"])
+
+
+class TransitCipher:
+    """Encrypt/decrypt with the platform's Transit key; the key never leaves Vault."""
+
+    def __init__(self, client: hvac.Client, settings: Settings) -> None:
+        self._client = client
+        self._mount = settings.vault_transit_mount
+        self._key = settings.vault_transit_key
+
+    def encrypt(self, plaintext: bytes) -> str:
+        response = self._client.secrets.transit.encrypt_data(
+            name=self._key,
+            plaintext=base64.b64encode(plaintext).decode(),
+            mount_point=self._mount,
+        )
+        ciphertext: str = response["data"]["ciphertext"]
+        return ciphertext
+
+    def decrypt(self, ciphertext: str) -> bytes:
+        response = self._client.secrets.transit.decrypt_data(
+            name=self._key, ciphertext=ciphertext, mount_point=self._mount
+        )
+        return base64.b64decode(response["data"]["plaintext"])

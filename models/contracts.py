@@ -1,0 +1,39 @@
+"""Inputs and results of workflows and activities: frozen dataclasses, one in and one out.
+
+Activity names live here too, so workflows schedule activities by name without importing
+their implementations (which pull in the database and HTTP clients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+# -- platform check: a round trip through Temporal, the worker, PostgreSQL and Vault --------
+PLATFORM_CHECK_WORKFLOW = "PlatformCheckWorkflow"
+CHECK_DATABASE = "check_database"
+CHECK_SECRETS = "check_secrets"
+
+
+@dataclass(frozen=True)
+class PlatformCheckInput:
+    requested_by: str
+
+
+@dataclass(frozen=True)
+class DatabaseCheck:
+    schema_revision: str | None
+
+
+@dataclass(frozen=True)
+class SecretsCheck:
+    # Names only: a check never carries a secret's value.
+    readable: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlatformCheckResult:
+    requested_by: str
+    checked_at: datetime
+    schema_revision: str | None
+    secrets_readable: list[str]
