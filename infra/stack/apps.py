@@ -6,17 +6,13 @@ their environment; everything else they read from settings.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import sys
 
 import httpx
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
 
-from infra.stack.base import Health, Service
+from infra.stack.base import Health, Service, StackError, temporal_cli
 from infra.stack.process import ProcessRecord
 
 
@@ -80,22 +76,17 @@ class WorkerService(AppService):
         if record is None:
             return Health("stopped")
         try:
-            identities = asyncio.run(asyncio.wait_for(self._poller_identities(), timeout=5))
-        except Exception as exc:  # Temporal not answering: the worker cannot be healthy
-            return Health("starting", f"{type(exc).__name__}: {exc}")
+            described = temporal_cli(
+                self.settings,
+                "task-queue", "describe",
+                "--task-queue", self.settings.task_queue,
+                "--namespace", self.settings.temporal_namespace,
+                "--output", "json",
+            )  # fmt: skip
+            identities = [p["identity"] for p in json.loads(described).get("pollers") or []]
+        except (StackError, ValueError) as exc:
+            return Health("starting", str(exc))
         # Temporal remembers pollers for minutes after they go; only our live pid counts.
         if not any(identity.startswith(f"{record.pid}@") for identity in identities):
             return Health("starting", f"not yet polling task queue {self.settings.task_queue}")
         return Health("healthy", f"polling {self.settings.task_queue}")
-
-    async def _poller_identities(self) -> list[str]:
-        s = self.settings
-        client = await Client.connect(s.temporal_address, namespace=s.temporal_namespace)
-        response = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=s.temporal_namespace,
-                task_queue=TaskQueue(name=s.task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        return [poller.identity for poller in response.pollers]

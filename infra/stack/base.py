@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +36,23 @@ def venv_bin(name: str) -> str:
     if found is None:
         raise StackError(f"'{name}' is not installed; run `make install` first")
     return found
+
+
+def temporal_cli(settings: Settings, *args: str, timeout: float = 5) -> str:
+    """Ask the Temporal server something through the ``temporal`` binary.
+
+    The launcher probes with the CLI rather than the Python SDK client: the SDK's native
+    runtime keeps threads that can abort a short-lived process at interpreter exit.
+    """
+    argv = [venv_bin("temporal"), *args, "--address", settings.temporal_address]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"temporal {' '.join(args)}: no answer in {timeout:.0f}s") from exc
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise StackError(lines[-1] if lines else f"temporal {' '.join(args)} failed")
+    return done.stdout
 
 
 def wait_until(probe: Callable[[], Health], *, timeout: float, what: str) -> Health:

@@ -7,13 +7,10 @@ concurrent workflows, and an in-memory server loses everything on restart.
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
-from temporalio.client import Client
 
 from infra.settings import SEARCH_ATTRIBUTES
-from infra.stack.base import Health, Service, venv_bin
+from infra.stack.base import Health, Service, StackError, temporal_cli, venv_bin
 from infra.stack.process import ProcessRecord
 
 
@@ -60,20 +57,16 @@ class TemporalService(Service):
 
     def probe(self) -> Health:
         try:
-            asyncio.run(asyncio.wait_for(self._check(), timeout=5))
-        except Exception as exc:  # any failure to answer is "not healthy yet"
-            return Health("starting", f"{type(exc).__name__}: {exc}")
+            answer = temporal_cli(self.settings, "operator", "cluster", "health")
+        except StackError as exc:
+            return Health("starting", str(exc))
+        if "SERVING" not in answer:
+            return Health("starting", answer.strip())
         try:
             httpx.get(self.settings.temporal_ui_url, timeout=2).raise_for_status()
         except httpx.HTTPError as exc:
             return Health("starting", f"Web UI: {exc}")
         return Health("healthy", self.settings.temporal_address)
-
-    async def _check(self) -> None:
-        client = await Client.connect(
-            self.settings.temporal_address, namespace=self.settings.temporal_namespace
-        )
-        await client.service_client.check_health()
 
     def urls(self) -> dict[str, str]:
         return {

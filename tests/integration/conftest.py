@@ -1,0 +1,55 @@
+"""The real local stack for integration tests.
+
+The session starts whatever is not running yet (``Stack.up`` is idempotent) and, at the
+end, stops exactly what it started: a developer's running stack is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from sqlalchemy import Engine
+from temporalio.client import Client
+
+from infra.db import create_db_engine
+from infra.settings import Settings
+from infra.stack.launcher import Stack
+from infra.temporal import connect_temporal
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    stack = Stack(Settings())
+    report = stack.up()
+    yield stack
+    if report.started:
+        stack.down(tuple(report.started))
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> Settings:
+    """Settings as an application process gets them: with the bfc-app AppRole for Vault."""
+    creds = json.loads(stack.vault.approle_file.read_text())
+    return Settings(vault_role_id=creds["role_id"], vault_secret_id=creds["secret_id"])
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = create_db_engine(settings, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def temporal(settings: Settings) -> AsyncIterator[Client]:
+    yield await connect_temporal(settings)
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:12]

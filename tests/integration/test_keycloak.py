@@ -1,0 +1,82 @@
+"""Keycloak: every dev login yields a realm-signed token with the expected roles."""
+
+from __future__ import annotations
+
+import httpx
+import jwt
+import pytest
+
+from infra.keycloak import (
+    InvalidToken,
+    TokenVerifier,
+    client_credentials_login,
+    password_login,
+)
+from infra.settings import Settings
+from infra.vault import SecretStore, connect_vault
+
+DEV_USERS = {
+    "alice": "customer",
+    "bob": "customer",
+    "olivia": "operator",
+    "carol": "compliance_officer",
+    "cora": "compliance_officer",
+    "admin": "admin",
+}
+
+
+@pytest.fixture(scope="module")
+def verifier(settings: Settings) -> TokenVerifier:
+    return TokenVerifier(settings)
+
+
+@pytest.mark.parametrize(("username", "role"), DEV_USERS.items())
+def test_dev_user_token_verifies_against_the_realm_jwks(
+    settings: Settings, verifier: TokenVerifier, username: str, role: str
+) -> None:
+    token = password_login(settings, username, f"dev-{username}")
+    verified = verifier.verify(token)
+    assert verified.username == username
+    assert verified.roles == {role}
+    assert verified.claims["iss"] == settings.keycloak_issuer
+    assert settings.keycloak_audience in _audiences(verified.claims)
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+
+
+def test_the_app_client_logs_in_with_its_secret_from_vault(
+    settings: Settings, verifier: TokenVerifier
+) -> None:
+    creds = SecretStore(connect_vault(settings), settings).read("keycloak")
+    token = client_credentials_login(settings, creds["client_id"], creds["client_secret"])
+    verified = verifier.verify(token)
+    assert "app" in verified.roles
+    assert verified.client_id == "bfc-app"
+
+
+def test_a_wrong_password_is_refused(settings: Settings) -> None:
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        password_login(settings, "alice", "not-her-password")
+    # OAuth 2.0 (RFC 6749 5.2): a bad resource-owner password is an invalid_grant.
+    assert refused.value.response.status_code == 400
+    assert refused.value.response.json()["error"] == "invalid_grant"
+
+
+def test_a_tampered_token_does_not_verify(settings: Settings, verifier: TokenVerifier) -> None:
+    token = password_login(settings, "bob", "dev-bob")
+    header, payload, signature = token.split(".")
+    forged_claims = jwt.utils.base64url_decode(payload).replace(b'"bob"', b'"eve"')
+    forged = ".".join([header, jwt.utils.base64url_encode(forged_claims).decode(), signature])
+    with pytest.raises(InvalidToken):
+        verifier.verify(forged)
+
+
+def test_a_token_for_another_audience_does_not_verify(settings: Settings) -> None:
+    token = password_login(settings, "alice", "dev-alice")
+    other = TokenVerifier(settings.model_copy(update={"keycloak_audience": "someone-else"}))
+    with pytest.raises(InvalidToken, match=r"[Aa]udience"):
+        other.verify(token)
+
+
+def _audiences(claims: dict[str, object]) -> list[str]:
+    aud = claims["aud"]
+    return [aud] if isinstance(aud, str) else list(aud)  # type: ignore[call-overload]

@@ -1,0 +1,63 @@
+"""RFC 9457 problem documents: stable codes, and validation errors that name the field."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel, Field
+
+from api.errors import ProblemError, install_problem_handlers
+
+
+class Amount(BaseModel):
+    amount: int = Field(gt=0)
+    currency: str = Field(pattern="^[A-Z]{3}$")
+
+
+class Body(BaseModel):
+    money: Amount
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.post("/things")
+    def create(body: Body) -> dict[str, int]:
+        return {"amount": body.money.amount}
+
+    @app.get("/things/{thing_id}")
+    def read(thing_id: str) -> dict[str, str]:
+        raise ProblemError(404, "thing_not_found", "No such thing", f"{thing_id} does not exist")
+
+    return app
+
+
+def test_validation_errors_name_each_field_and_a_code() -> None:
+    response = TestClient(_app()).post("/things", json={"money": {"amount": 0, "currency": "eur"}})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "validation_failed"
+    assert {e["field"] for e in body["errors"]} == {"money.amount", "money.currency"}
+    assert all(e["code"] for e in body["errors"])
+
+
+def test_business_problems_keep_their_code_and_instance() -> None:
+    response = TestClient(_app()).get("/things/abc")
+    assert response.status_code == 404
+    assert response.json() == {
+        "type": "https://docs.bfc.example/problems/thing_not_found",
+        "title": "No such thing",
+        "status": 404,
+        "code": "thing_not_found",
+        "detail": "abc does not exist",
+        "instance": "/things/abc",
+    }
+
+
+def test_framework_errors_are_problems_too() -> None:
+    response = TestClient(_app()).delete("/things/abc")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "method_not_allowed"

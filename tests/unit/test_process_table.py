@@ -1,0 +1,83 @@
+"""The launcher's process records: start detached, stop the whole group, forget the dead."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from infra.settings import Settings
+from infra.stack.base import StackError
+from infra.stack.process import ProcessTable, port_is_open
+from infra.stack.temporal import TemporalService
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def test_stop_ends_the_process_and_its_children(tmp_path: Path) -> None:
+    table = ProcessTable(tmp_path)
+    # A shell with a child, like kc.sh starting the JVM: stopping must end both.
+    pid_file = tmp_path / "child.pid"
+    record = table.start("sleeper", ["/bin/sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait"])
+    deadline = time.monotonic() + 5
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline, "the shell never started its child"
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    assert table.get("sleeper") == record
+
+    assert table.stop("sleeper", timeout=5) is True
+    assert _gone(record.pid)
+    assert _gone(child_pid)
+    assert table.get("sleeper") is None
+    assert table.stop("sleeper") is False
+
+
+def test_a_record_of_a_dead_or_reused_pid_counts_as_not_running(tmp_path: Path) -> None:
+    table = ProcessTable(tmp_path)
+    record = table.start("short", ["/bin/true"])
+    os.waitpid(record.pid, 0)
+    assert table.get("short") is None
+    assert not (tmp_path / "run" / "short.json").exists()
+
+    # Our own pid is alive but is not the recorded executable: never signal it.
+    imposter = {
+        "name": "imposter",
+        "pid": os.getpid(),
+        "executable": "/usr/bin/postgres",
+        "started_at": "2026-01-01T00:00:00+00:00",
+    }
+    (tmp_path / "run" / "imposter.json").write_text(json.dumps(imposter))
+    assert table.get("imposter") is None
+    assert table.stop("imposter") is False
+
+
+def test_a_port_taken_by_someone_else_stops_up_with_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        settings = Settings(stack_dir=tmp_path, temporal_port=port)
+        service = TemporalService(settings, ProcessTable(settings.stack_path))
+        with pytest.raises(StackError, match=f"port {port} is already in use"):
+            service.start()
+    assert service.running() is None
+    assert not port_is_open("127.0.0.1", port)
+
+
+def test_logs_keep_what_each_start_printed(tmp_path: Path) -> None:
+    table = ProcessTable(tmp_path)
+    for word in ("first", "second"):
+        record = table.start("echo", ["/bin/echo", word])
+        os.waitpid(record.pid, 0)
+    log = table.log_path("echo").read_text()
+    assert log.index("first") < log.index("second")
