@@ -37,7 +37,14 @@ class Settings(BaseSettings):
 
     # Where the local stack keeps binaries it fetched, data, pid files and logs.
     stack_dir: Path = Path(".stack")
+    # The address the local stack's servers listen on (loopback only).
     host: str = "127.0.0.1"
+    # Where clients find each server; the local stack's address unless deployed elsewhere.
+    temporal_host: str = "127.0.0.1"
+    postgres_host: str = "127.0.0.1"
+    vault_host: str = "127.0.0.1"
+    keycloak_host: str = "127.0.0.1"
+    api_host: str = "127.0.0.1"
 
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
@@ -73,26 +80,26 @@ class Settings(BaseSettings):
 
     @property
     def temporal_address(self) -> str:
-        return f"{self.host}:{self.temporal_port}"
+        return f"{self.temporal_host}:{self.temporal_port}"
 
     @property
     def temporal_ui_url(self) -> str:
-        return f"http://{self.host}:{self.temporal_ui_port}"
+        return f"http://{self.temporal_host}:{self.temporal_ui_port}"
 
     @property
     def database_url(self) -> str:
         return (
-            f"postgresql+psycopg://{self.postgres_user}@{self.host}:"
+            f"postgresql+psycopg://{self.postgres_user}@{self.postgres_host}:"
             f"{self.postgres_port}/{self.postgres_db}"
         )
 
     @property
     def vault_url(self) -> str:
-        return f"http://{self.host}:{self.vault_port}"
+        return f"http://{self.vault_host}:{self.vault_port}"
 
     @property
     def keycloak_url(self) -> str:
-        return f"http://{self.host}:{self.keycloak_port}"
+        return f"http://{self.keycloak_host}:{self.keycloak_port}"
 
     @property
     def keycloak_issuer(self) -> str:
@@ -100,7 +107,7 @@ class Settings(BaseSettings):
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        return f"http://{self.api_host}:{self.api_port}"
 
 
 def get_settings() -> Settings:
