@@ -15,9 +15,11 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 
 from infra.db import create_db_engine
+from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.temporal import connect_temporal
+from tests.helpers.ledger import AccountFactory
 
 pytestmark = pytest.mark.stack
 
@@ -53,3 +55,16 @@ async def temporal(settings: Settings) -> AsyncIterator[Client]:
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
+    pool = create_ledger_pool(settings, max_size=30)
+    await pool.open()
+    yield LedgerStore(pool)
+    await pool.close()
+
+
+@pytest.fixture
+def accounts(ledger: LedgerStore, unique: str) -> AccountFactory:
+    return AccountFactory(ledger, unique)

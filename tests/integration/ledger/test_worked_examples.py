@@ -1,0 +1,269 @@
+"""The ledger, told as stories. Every story ends with the books balanced."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from infra.ledger_store import LedgerStore
+from models.errors import (
+    AccountClosed,
+    CurrencyMismatch,
+    ExceedsPendingAmount,
+    IdempotencyConflict,
+    InsufficientFunds,
+    LinkedTransferFailed,
+    PendingTransferAlreadyResolved,
+    PendingTransferExpired,
+)
+from models.ledger import AccountKind, TransferKind, TransferRequest
+from tests.helpers.ledger import AccountFactory
+
+
+async def books_balance(ledger: LedgerStore) -> None:
+    assert all(line.balanced for line in await ledger.trial_balance())
+    assert await ledger.conservation_errors() == []
+
+
+async def test_alice_tops_up_and_pays_bob(ledger: LedgerStore, accounts: AccountFactory) -> None:
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    await accounts.fund(alice, 10_000)  # €100.00 arrives from her card
+
+    await ledger.create_transfer(accounts.move(alice, bob, 2_550))
+
+    assert await accounts.available(alice) == 7_450
+    assert await accounts.available(bob) == 2_550
+    # Alice cannot send more than she has: nothing moves, and she is told why.
+    with pytest.raises(InsufficientFunds, match=alice.id):
+        await ledger.create_transfer(accounts.move(alice, bob, 7_451))
+    assert await accounts.available(alice) == 7_450
+    await books_balance(ledger)
+
+
+async def test_a_hold_is_partially_captured_and_the_rest_released(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    alice = await accounts.wallet("alice")
+    merchant = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
+    await accounts.fund(alice, 5_000)
+
+    hold = await ledger.create_transfer(
+        accounts.move(alice, merchant, 3_000, name="hold", kind=TransferKind.PENDING)
+    )
+    account = await ledger.get_account(alice.id)
+    assert account is not None
+    assert account.balance.posted == 5_000
+    assert account.balance.available == 2_000  # the hold is reserved, not spent
+
+    # The order ships short: capture 1,800 of the 3,000 held; 1,200 goes back to Alice.
+    await ledger.create_transfer(
+        TransferRequest(
+            id=accounts.transfer_id("capture"),
+            kind=TransferKind.POST_PENDING,
+            pending_id=hold.id,
+            amount=1_800,
+        )
+    )
+    account = await ledger.get_account(alice.id)
+    assert account is not None
+    assert (account.balance.posted, account.balance.available) == (3_200, 3_200)
+
+    # A hold resolves once: neither a second capture nor a void can touch it again.
+    for kind in (TransferKind.POST_PENDING, TransferKind.VOID_PENDING):
+        with pytest.raises(PendingTransferAlreadyResolved):
+            await ledger.create_transfer(
+                TransferRequest(
+                    id=accounts.transfer_id(f"again_{kind}"), kind=kind, pending_id=hold.id
+                )
+            )
+    await books_balance(ledger)
+
+
+async def test_a_capture_cannot_exceed_the_hold(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    alice = await accounts.wallet("alice")
+    shop = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
+    await accounts.fund(alice, 5_000)
+    hold = await ledger.create_transfer(
+        accounts.move(alice, shop, 1_000, name="hold", kind=TransferKind.PENDING)
+    )
+    with pytest.raises(ExceedsPendingAmount):
+        await ledger.create_transfer(
+            TransferRequest(
+                id=accounts.transfer_id("greedy"),
+                kind=TransferKind.POST_PENDING,
+                pending_id=hold.id,
+                amount=1_001,
+            )
+        )
+    await books_balance(ledger)
+
+
+async def test_a_voided_hold_gives_everything_back(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    alice = await accounts.wallet("alice")
+    shop = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
+    await accounts.fund(alice, 4_000)
+    hold = await ledger.create_transfer(
+        accounts.move(alice, shop, 4_000, name="hold", kind=TransferKind.PENDING)
+    )
+    assert await accounts.available(alice) == 0
+    await ledger.create_transfer(
+        TransferRequest(
+            id=accounts.transfer_id("void"), kind=TransferKind.VOID_PENDING, pending_id=hold.id
+        )
+    )
+    assert await accounts.available(alice) == 4_000
+    await books_balance(ledger)
+
+
+async def test_an_expired_hold_can_be_voided_but_not_captured(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    alice = await accounts.wallet("alice")
+    shop = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
+    await accounts.fund(alice, 1_000)
+    hold = await ledger.create_transfer(
+        accounts.move(alice, shop, 700, name="hold", kind=TransferKind.PENDING, timeout_seconds=1)
+    )
+    assert hold.expires_at is not None
+    await asyncio.sleep(1.2)
+    with pytest.raises(PendingTransferExpired):
+        await ledger.create_transfer(
+            TransferRequest(
+                id=accounts.transfer_id("late"), kind=TransferKind.POST_PENDING, pending_id=hold.id
+            )
+        )
+    await ledger.create_transfer(
+        TransferRequest(
+            id=accounts.transfer_id("release"), kind=TransferKind.VOID_PENDING, pending_id=hold.id
+        )
+    )
+    assert await accounts.available(alice) == 1_000
+    await books_balance(ledger)
+
+
+async def test_a_payment_with_a_fee_is_one_linked_batch(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    fees = await accounts.platform("fee_revenue", kind=AccountKind.REVENUE)
+    await accounts.fund(alice, 1_000)
+
+    # €9.90 to Bob plus a €0.10 fee: both legs or neither.
+    await ledger.submit([accounts.move(alice, bob, 990), accounts.move(alice, fees, 10)])
+    assert await accounts.available(alice) == 0
+    assert await accounts.available(fees) == 10
+
+    # Alice is now empty: the second batch's fee leg cannot be paid, so Bob gets nothing.
+    await accounts.fund(alice, 500)
+    pay, fee = (
+        accounts.move(alice, bob, 495, name="pay2"),
+        accounts.move(alice, fees, 10, name="fee2"),
+    )
+    with pytest.raises(InsufficientFunds):
+        await ledger.submit([pay, fee])
+    assert await accounts.available(bob) == 990
+    assert await accounts.available(alice) == 500
+    # Retrying either leg alone with the same id tells the same story.
+    with pytest.raises((InsufficientFunds, LinkedTransferFailed)):
+        await ledger.create_transfer(pay)
+    await books_balance(ledger)
+
+
+async def test_euros_become_dollars_through_liquidity_accounts(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    alice_eur = await accounts.wallet("alice", "EUR")
+    alice_usd = await accounts.wallet("alice", "USD")
+    liquidity_eur = await accounts.platform("fx_liquidity", "EUR", AccountKind.EQUITY)
+    liquidity_usd = await accounts.platform("fx_liquidity", "USD", AccountKind.EQUITY)
+    await accounts.fund(alice_eur, 10_000)
+
+    # €100.00 at 1.0850: each leg stays in one currency; the rate lives in the metadata.
+    await ledger.submit(
+        [
+            accounts.move(alice_eur, liquidity_eur, 10_000, name="fx_in"),
+            accounts.move(liquidity_usd, alice_usd, 10_850, name="fx_out"),
+        ]
+    )
+    assert await accounts.available(alice_eur) == 0
+    assert await accounts.available(alice_usd) == 10_850
+    # A leg that mixes currencies is refused outright.
+    with pytest.raises(CurrencyMismatch):
+        await ledger.create_transfer(
+            TransferRequest(
+                id=accounts.transfer_id("mixed"),
+                debit_account_id=alice_usd.id,
+                credit_account_id=alice_eur.id,
+                amount=1,
+                currency="USD",
+            )
+        )
+    await books_balance(ledger)
+
+
+async def test_retries_are_exact(ledger: LedgerStore, accounts: AccountFactory) -> None:
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    await accounts.fund(alice, 1_000)
+    transfer = accounts.move(alice, bob, 300, name="once")
+
+    first = await ledger.create_transfer(transfer)
+    again = await ledger.create_transfer(transfer)
+    assert again == first  # the original result, not a second movement
+    assert await accounts.available(alice) == 700
+
+    changed = TransferRequest(**{**transfer.__dict__, "amount": 301})
+    with pytest.raises(IdempotencyConflict):
+        await ledger.create_transfer(changed)
+
+    # A failure is remembered too: money arriving later does not turn the retry into a success.
+    too_much = accounts.move(alice, bob, 5_000, name="too_much")
+    with pytest.raises(InsufficientFunds):
+        await ledger.create_transfer(too_much)
+    await accounts.fund(alice, 10_000)
+    with pytest.raises(InsufficientFunds):
+        await ledger.create_transfer(too_much)
+    await books_balance(ledger)
+
+
+async def test_a_closed_account_takes_no_new_money(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    await accounts.fund(alice, 1_000)
+    await ledger.close_account(bob.id)
+    with pytest.raises(AccountClosed, match=bob.id):
+        await ledger.create_transfer(accounts.move(alice, bob, 1))
+    await books_balance(ledger)
+
+
+async def test_history_shows_running_balances_and_the_past(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    await accounts.fund(alice, 1_000)
+    await ledger.create_transfer(accounts.move(alice, bob, 250))
+    middle = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    await ledger.create_transfer(accounts.move(alice, bob, 100))
+
+    entries = await ledger.entries(alice.id)
+    assert [(e.side, e.amount, e.running_balance) for e in entries] == [
+        ("credit", 1_000, 1_000),
+        ("debit", 250, 750),
+        ("debit", 100, 650),
+    ]
+    page_two = await ledger.entries(alice.id, after_seq=entries[0].seq, limit=1)
+    assert [(e.amount, e.running_balance) for e in page_two] == [(250, 750)]
+    assert await ledger.balance_as_of(alice.id, middle) == 750
+    assert await ledger.balance_as_of(alice.id, datetime(2000, 1, 1, tzinfo=UTC)) == 0
