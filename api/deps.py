@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from infra.ledger_store import LedgerStore
 from infra.settings import Settings
 from infra.temporal import connect_temporal
 
@@ -51,6 +52,12 @@ async def get_temporal(request: Request) -> Client | None:
     return await holder.get()
 
 
+def get_ledger(request: Request) -> LedgerStore:
+    ledger: LedgerStore = request.app.state.ledger
+    return ledger
+
+
+LedgerDep = Annotated[LedgerStore, Depends(get_ledger)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 TemporalClientDep = Annotated[Client | None, Depends(get_temporal)]

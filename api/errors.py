@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.errors import BusinessRuleError
+
 PROBLEM_JSON = "application/problem+json"
 
 _CODES_BY_STATUS = {
@@ -93,6 +95,18 @@ def install_problem_handlers(app: FastAPI) -> None:
             instance=request.url.path,
             headers=exc.headers,
             **exc.extensions,
+        )
+
+    @app.exception_handler(BusinessRuleError)
+    async def _business(request: Request, exc: BusinessRuleError) -> JSONResponse:
+        extensions: dict[str, Any] = {} if exc.index is None else {"index": exc.index}
+        return problem_response(
+            exc.status,
+            exc.code,
+            "The request breaks a business rule",
+            exc.detail,
+            instance=request.url.path,
+            **extensions,
         )
 
     @app.exception_handler(RequestValidationError)

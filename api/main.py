@@ -9,8 +9,10 @@ from fastapi import FastAPI
 
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
-from api.routes import health
+from api.routes import accounts, health, ledger
 from infra.db import create_db_engine
+from infra.keycloak import TokenVerifier
+from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings, get_settings
 
 
@@ -22,8 +24,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = create_db_engine(settings)
         app.state.temporal = TemporalHolder(settings)
-        yield
-        app.state.engine.dispose()
+        app.state.token_verifier = TokenVerifier(settings)
+        pool = create_ledger_pool(settings)
+        await pool.open(wait=False)
+        app.state.ledger = LedgerStore(pool)
+        try:
+            yield
+        finally:
+            await pool.close()
+            app.state.engine.dispose()
 
     app = FastAPI(
         title="BFC Payments API",
@@ -33,4 +42,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     app.include_router(health.router)
+    app.include_router(accounts.router)
+    app.include_router(ledger.router)
     return app

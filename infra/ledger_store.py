@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection, errors
+import psycopg
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -33,6 +35,17 @@ from models.ledger import (
 )
 
 RETRIES = 8
+# Deadlock, serialization failure, and our own "the same id is being created right now".
+_RETRY_SQLSTATES = frozenset({"40P01", "40001", "BFC02"})
+
+
+@dataclass(frozen=True)
+class AuditNote:
+    """Who asked for a ledger change and why, recorded with it atomically."""
+
+    actor: str
+    action: str
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class LedgerBusy(TransientError):
@@ -175,23 +188,32 @@ class LedgerStore:
     async def create_transfer(self, transfer: TransferRequest) -> Transfer:
         return (await self.submit([transfer]))[0]
 
-    async def submit_outcome(self, transfers: Sequence[TransferRequest]) -> dict[str, Any]:
+    async def submit_outcome(
+        self, transfers: Sequence[TransferRequest], *, audit: AuditNote | None = None
+    ) -> dict[str, Any]:
         """The raw outcome document (``ok``, ``replayed``, ``code``…) for callers that
-        report rather than raise, such as the API and the benchmark."""
-        return await self._call_submit(Jsonb([t.as_json() for t in transfers]))
+        report rather than raise, such as the API and the benchmark. With ``audit``, a
+        first success is written to the audit log in the same transaction."""
+        return await self._call_submit(Jsonb([t.as_json() for t in transfers]), audit)
 
-    async def _call_submit(self, payload: Jsonb) -> dict[str, Any]:
+    async def _call_submit(self, payload: Jsonb, audit: AuditNote | None = None) -> dict[str, Any]:
         for attempt in range(RETRIES):
             try:
-                async with self._pool.connection() as conn:
+                async with self._pool.connection() as conn, conn.transaction():
                     cur = await conn.execute("SELECT ledger_submit(%s)", (payload,))
                     row = await cur.fetchone()
                     outcome: dict[str, Any] = row[0] if row else {}
+                    if audit is not None and outcome.get("ok") and not outcome.get("replayed"):
+                        ids = [t["id"] for t in outcome["transfers"]]
+                        await conn.execute(
+                            "INSERT INTO audit_events (actor, action, subject, details) "
+                            "VALUES (%s, %s, %s, %s)",
+                            (audit.actor, audit.action, ids[0],
+                             Jsonb({**audit.details, "transfer_ids": ids})),
+                        )  # fmt: skip
                     return outcome
-            except (errors.DeadlockDetected, errors.SerializationFailure):
-                pass
-            except errors.RaiseException as exc:
-                if exc.sqlstate != "BFC02":  # a concurrent request with the same id
+            except psycopg.Error as exc:
+                if exc.sqlstate not in _RETRY_SQLSTATES:
                     raise
             await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311
         raise LedgerBusy("the ledger stayed contended after retries")
