@@ -37,3 +37,15 @@ class PlatformCheckResult:
     checked_at: datetime
     schema_revision: str | None
     secrets_readable: list[str]
+
+
+# -- ledger maintenance ----------------------------------------------------------------------
+LEDGER_ROLL_UP_WORKFLOW = "LedgerRollUpWorkflow"
+LEDGER_ROLL_UP_SCHEDULE = "ledger-roll-up"
+ROLL_UP_BALANCES = "roll_up_balances"
+
+
+@dataclass(frozen=True)
+class RollUpResult:
+    # How many deferred balance movements were folded into their accounts.
+    movements: int

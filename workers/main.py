@@ -7,40 +7,85 @@ meet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
 from temporalio.worker import Worker
 
+from activities.ledger_maintenance import LedgerMaintenanceActivities
 from activities.platform_check import PlatformCheckActivities
 from infra.db import create_db_engine
+from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings, get_settings
 from infra.temporal import connect_temporal
 from infra.vault import SecretStore, SecretsUnavailable, connect_vault
+from models.contracts import LEDGER_ROLL_UP_SCHEDULE
+from workflows.ledger_maintenance import LedgerRollUpWorkflow
 from workflows.platform_check import PlatformCheckWorkflow
 
 log = logging.getLogger("bfc.worker")
 
 
+async def ensure_schedules(client: Client, settings: Settings) -> None:
+    """Create the platform's schedules once; an existing schedule is left as operators set it."""
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(
+            LEDGER_ROLL_UP_SCHEDULE,
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    LedgerRollUpWorkflow.run,
+                    id=LEDGER_ROLL_UP_SCHEDULE,
+                    task_queue=settings.task_queue,
+                ),
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(minutes=1))]),
+                # A roll-up still running when the next is due: skip, the next catches up.
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            ),
+        )
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     vault = connect_vault(settings)
     engine = create_db_engine(settings)
+    ledger_pool = create_ledger_pool(settings)
+    await ledger_pool.open()
     checks = PlatformCheckActivities(engine, SecretStore(vault, settings))
+    maintenance = LedgerMaintenanceActivities(LedgerStore(ledger_pool))
     client = await connect_temporal(settings)
-    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="activity") as pool:
-        worker = Worker(
-            client,
-            task_queue=settings.task_queue,
-            workflows=[PlatformCheckWorkflow],
-            activities=[checks.check_database, checks.check_secrets],
-            activity_executor=pool,
-        )
-        async with worker:
-            log.info("worker polling task queue %s", settings.task_queue)
-            await stop.wait()
-    engine.dispose()
+    await ensure_schedules(client, settings)
+    try:
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="activity") as pool:
+            worker = Worker(
+                client,
+                task_queue=settings.task_queue,
+                workflows=[PlatformCheckWorkflow, LedgerRollUpWorkflow],
+                activities=[
+                    checks.check_database,
+                    checks.check_secrets,
+                    maintenance.roll_up_balances,
+                ],
+                activity_executor=pool,
+            )
+            async with worker:
+                log.info("worker polling task queue %s", settings.task_queue)
+                await stop.wait()
+    finally:
+        await ledger_pool.close()
+        engine.dispose()
 
 
 def main() -> int:
