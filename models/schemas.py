@@ -69,6 +69,13 @@ class AccountPublic(BaseModel):
         )
 
 
+class BalanceAsOf(BaseModel):
+    account_id: str
+    currency: str
+    as_of: datetime
+    posted: int
+
+
 class AccountList(BaseModel):
     data: list[AccountPublic]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
 
 from api.auth import CurrentPrincipal, Principal
 from api.deps import LedgerDep
 from api.errors import ProblemError
 from infra.ledger_store import LedgerStore
 from models.ledger import Account
-from models.schemas import AccountList, AccountPublic, EntryPage, EntryPublic
+from models.schemas import AccountList, AccountPublic, BalanceAsOf, EntryPage, EntryPublic
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
@@ -47,6 +48,19 @@ async def get_account(
 ) -> AccountPublic:
     """One account with its posted, pending and available balance."""
     return AccountPublic.of(await _visible_account(ledger, principal, account_id))
+
+
+@router.get("/{account_id}/balance", response_model=BalanceAsOf)
+async def get_balance_as_of(
+    account_id: str,
+    principal: CurrentPrincipal,
+    ledger: LedgerDep,
+    as_of: Annotated[AwareDatetime, Query(description="an ISO 8601 time with its offset")],
+) -> BalanceAsOf:
+    """The posted balance at a moment in the past (holds are not part of history)."""
+    account = await _visible_account(ledger, principal, account_id)
+    posted = await ledger.balance_as_of(account.id, as_of)
+    return BalanceAsOf(account_id=account.id, currency=account.currency, as_of=as_of, posted=posted)
 
 
 @router.get("/{account_id}/entries", response_model=EntryPage)

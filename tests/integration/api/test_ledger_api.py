@@ -140,6 +140,20 @@ async def test_a_manual_transfer_is_idempotent_and_audited(
     ]
     assert events[0].details["reason"] == "goodwill credit, case 42"
 
+    past = await api.get(
+        f"/v1/accounts/{wallet['id']}/balance",
+        params={"as_of": "2000-01-01T00:00:00+00:00"},
+        headers=logins.headers("alice"),
+    )
+    assert past.json()["posted"] == 0
+    naive = await api.get(
+        f"/v1/accounts/{wallet['id']}/balance",
+        params={"as_of": "2000-01-01T00:00:00"},
+        headers=logins.headers("alice"),
+    )
+    assert naive.status_code == 422  # a time without its offset is ambiguous
+    assert naive.json()["errors"][0]["field"] == "as_of"
+
     entries = await api.get(f"/v1/accounts/{wallet['id']}/entries", headers=logins.headers("alice"))
     assert [(e["side"], e["amount"], e["running_balance"]) for e in entries.json()["data"]] == [
         ("credit", 2_500, 2_500)
