@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.ledger.close()
             await pool.close()
             app.state.engine.dispose()
 

@@ -8,21 +8,19 @@ the same id are retried here with jittered backoff, so callers never see them.
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from infra.ledger_group_commit import GroupCommitter, with_retries
 from infra.settings import Settings
-from models.errors import LEDGER_ERRORS, IdempotencyConflict, LedgerError, TransientError
+from models.errors import LEDGER_ERRORS, IdempotencyConflict, LedgerError
 from models.ledger import (
     Account,
     AccountKind,
@@ -34,10 +32,6 @@ from models.ledger import (
     TrialBalanceLine,
 )
 
-RETRIES = 8
-# Deadlock, serialization failure, and our own "the same id is being created right now".
-_RETRY_SQLSTATES = frozenset({"40P01", "40001", "BFC02"})
-
 
 @dataclass(frozen=True)
 class AuditNote:
@@ -46,10 +40,6 @@ class AuditNote:
     actor: str
     action: str
     details: dict[str, Any] = field(default_factory=dict)
-
-
-class LedgerBusy(TransientError):
-    """Still deadlocked or contended after every retry."""
 
 
 def create_ledger_pool(
@@ -92,8 +82,15 @@ def ledger_error(result: dict[str, Any]) -> LedgerError:
 
 
 class LedgerStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, group_commit: GroupCommitter | None = None
+    ) -> None:
         self._pool = pool
+        self._group = group_commit or GroupCommitter(pool)
+
+    async def close(self) -> None:
+        """Stop the group-commit flushers; call before closing the pool."""
+        await self._group.close()
 
     # -- accounts ---------------------------------------------------------------------
     async def open_account(self, account: NewAccount) -> Account:
@@ -197,26 +194,33 @@ class LedgerStore:
         return await self._call_submit(Jsonb([t.as_json() for t in transfers]), audit)
 
     async def _call_submit(self, payload: Jsonb, audit: AuditNote | None = None) -> dict[str, Any]:
-        for attempt in range(RETRIES):
-            try:
-                async with self._pool.connection() as conn, conn.transaction():
-                    cur = await conn.execute("SELECT ledger_submit(%s)", (payload,))
-                    row = await cur.fetchone()
-                    outcome: dict[str, Any] = row[0] if row else {}
-                    if audit is not None and outcome.get("ok") and not outcome.get("replayed"):
-                        ids = [t["id"] for t in outcome["transfers"]]
-                        await conn.execute(
-                            "INSERT INTO audit_events (actor, action, subject, details) "
-                            "VALUES (%s, %s, %s, %s)",
-                            (audit.actor, audit.action, ids[0],
-                             Jsonb({**audit.details, "transfer_ids": ids})),
-                        )  # fmt: skip
-                    return outcome
-            except psycopg.Error as exc:
-                if exc.sqlstate not in _RETRY_SQLSTATES:
-                    raise
-            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311
-        raise LedgerBusy("the ledger stayed contended after retries")
+        if audit is None:
+            return await self._group.submit(payload.obj)
+
+        async def audited() -> dict[str, Any]:
+            # The audit row commits with the transfers or not at all: its own transaction.
+            async with self._pool.connection() as conn, conn.transaction():
+                outcome = await self._submit_once(conn, payload)
+                if outcome.get("ok") and not outcome.get("replayed"):
+                    await self._audit(conn, audit, outcome)
+                return outcome
+
+        return await with_retries(audited)
+
+    @staticmethod
+    async def _submit_once(conn: AsyncConnection[Any], payload: Jsonb) -> dict[str, Any]:
+        cur = await conn.execute("SELECT ledger_submit(%s)", (payload,))
+        row = await cur.fetchone()
+        outcome: dict[str, Any] = row[0] if row else {}
+        return outcome
+
+    @staticmethod
+    async def _audit(conn: AsyncConnection[Any], audit: AuditNote, outcome: dict[str, Any]) -> None:
+        ids = [t["id"] for t in outcome["transfers"]]
+        await conn.execute(
+            "INSERT INTO audit_events (actor, action, subject, details) VALUES (%s, %s, %s, %s)",
+            (audit.actor, audit.action, ids[0], Jsonb({**audit.details, "transfer_ids": ids})),
+        )
 
     async def get_transfers(self, ids: Sequence[str]) -> list[Transfer]:
         async with self._pool.connection() as conn:

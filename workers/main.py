@@ -64,7 +64,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     ledger_pool = create_ledger_pool(settings)
     await ledger_pool.open()
     checks = PlatformCheckActivities(engine, SecretStore(vault, settings))
-    maintenance = LedgerMaintenanceActivities(LedgerStore(ledger_pool))
+    ledger = LedgerStore(ledger_pool)
+    maintenance = LedgerMaintenanceActivities(ledger)
     client = await connect_temporal(settings)
     await ensure_schedules(client, settings)
     try:
@@ -84,6 +85,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                 log.info("worker polling task queue %s", settings.task_queue)
                 await stop.wait()
     finally:
+        await ledger.close()
         await ledger_pool.close()
         engine.dispose()
 

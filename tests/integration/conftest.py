@@ -61,7 +61,9 @@ def unique() -> str:
 async def ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
     pool = create_ledger_pool(settings, max_size=30)
     await pool.open()
-    yield LedgerStore(pool)
+    store = LedgerStore(pool)
+    yield store
+    await store.close()
     await pool.close()
 
 
