@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test stop install lint unit status
+.PHONY: run test stop install lint unit status bench
 
 run: install ## create .venv, install, start everything (idempotent)
 	$(BIN)/bfc up
@@ -34,3 +34,6 @@ unit: install ## the fast tests only, no stack
 
 test: lint ## the whole suite; starts the stack it needs and stops what it started
 	$(BIN)/pytest
+
+bench: install ## benchmarks against the running stack (`make run` first); never a test
+	$(BIN)/python -m bench.ledger
