@@ -10,6 +10,7 @@ import pytest
 from infra.ledger_store import LedgerStore
 from models.errors import (
     AccountClosed,
+    BalanceOverflow,
     CurrencyMismatch,
     ExceedsPendingAmount,
     IdempotencyConflict,
@@ -267,3 +268,12 @@ async def test_history_shows_running_balances_and_the_past(
     assert [(e.amount, e.running_balance) for e in page_two] == [(250, 750)]
     assert await ledger.balance_as_of(alice.id, middle) == 750
     assert await ledger.balance_as_of(alice.id, datetime(2000, 1, 1, tzinfo=UTC)) == 0
+
+
+async def test_balances_stay_inside_64_bits(ledger: LedgerStore, accounts: AccountFactory) -> None:
+    whale = await accounts.wallet("whale")
+    await accounts.fund(whale, 5 * 10**18)
+    # A second credit would take credits_posted past 2**63 - 1: refused, not wrapped.
+    with pytest.raises(BalanceOverflow):
+        await accounts.fund(whale, 5 * 10**18)
+    assert await accounts.available(whale) == 5 * 10**18
