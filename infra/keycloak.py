@@ -16,8 +16,6 @@ import jwt
 
 from infra.settings import Settings
 
-LEEWAY_SECONDS = 30
-
 
 class InvalidToken(Exception):
     """The token is missing, malformed, expired, or not issued for us."""
@@ -36,8 +34,12 @@ class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         self._issuer = settings.keycloak_issuer
         self._audience = settings.keycloak_audience
+        self._leeway = settings.keycloak_leeway_seconds
         self._jwks = jwt.PyJWKClient(
-            f"{self._issuer}/protocol/openid-connect/certs", cache_keys=True, lifespan=3600
+            f"{self._issuer}/protocol/openid-connect/certs",
+            cache_keys=True,
+            lifespan=3600,
+            cooldown_duration=settings.keycloak_jwks_refresh_cooldown_seconds,
         )
 
     def verify(self, token: str) -> VerifiedToken:
@@ -50,7 +52,7 @@ class TokenVerifier:
                 algorithms=["RS256"],
                 audience=self._audience,
                 issuer=self._issuer,
-                leeway=LEEWAY_SECONDS,
+                leeway=self._leeway,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
         except jwt.PyJWTError as exc:

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     keycloak_management_port: int = 9000
     keycloak_realm: str = "bfc"
     keycloak_audience: str = "bfc-api"
+    # Clock skew tolerated on exp/nbf/iat between Keycloak and us.
+    keycloak_leeway_seconds: int = 30
+    # An unknown key id refetches the realm's keys, but not more often than this: a flood of
+    # tokens with made-up key ids must not become a flood of requests to Keycloak.
+    keycloak_jwks_refresh_cooldown_seconds: float = 5.0
 
     api_port: int = 8000
 
