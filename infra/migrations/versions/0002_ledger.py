@@ -11,16 +11,30 @@ The rules live in the database, so no client can break them:
 - a pending transfer is resolved (posted or voided) at most once (a unique index);
 - balance limits are CHECK constraints on the account row, which every movement of a
   limited account updates under a row lock taken in account-id order;
-- accounts are never deleted, and their currency, kind and limits never change.
+- accounts are never deleted, and their currency, kind and limits never change;
+- both accounts of every inserted transfer exist and hold its currency (a statement-level
+  trigger over the inserted rows).
 
 Hot accounts: an account without a balance limit (the platform's clearing account, which
 every card payment touches) is never locked. Its movements are appended to
 ledger_balance_deltas and folded into the account row later (ledger_roll_up), so
 payments through it do not queue behind each other. Balances read = row + open deltas.
 
-ledger_submit(jsonb) is the one entry point: a linked batch of transfers in, a result
-document out, in one round trip. Rule violations are recorded in ledger_rejections so a
-retry with the same ids returns the same failure.
+ledger_submit(jsonb) is the entry point for one request: a linked batch of transfers in, a
+result document out, in one round trip. Rule violations are recorded in ledger_rejections
+so a retry with the same ids returns the same failure (for a batch, the failing leg's).
+
+Throughput: measured on a 2-core machine, the bound is the statements inside the function
+(~40 us each), not the commit flush. ledger_apply nets a batch's movements per account in
+memory and checks accounts and idempotency with one query each. ledger_submit_group takes
+several independent requests that arrived together at one client: when each is a single
+posted or pending transfer they are applied set-wise (one probe for seen ids, one
+validation query, the group's limited accounts locked together in account-id order so
+concurrent groups never deadlock, one INSERT, one statement for all balance movements).
+Any surprise (a seen id, an invalid request, a broken limit) rolls that attempt back and
+each request is answered on its own by ledger_submit, so outcomes stay exact. A limit is
+then checked on the group's net movement per account: the outcome of a valid serial order
+of the concurrent requests.
 """
 
 from alembic import op
@@ -107,29 +121,42 @@ CREATE UNIQUE INDEX ledger_transfers_resolved_once ON ledger_transfers (pending_
 CREATE INDEX ledger_transfers_debits ON ledger_transfers (debit_account_id, seq);
 CREATE INDEX ledger_transfers_credits ON ledger_transfers (credit_account_id, seq);
 
-CREATE FUNCTION ledger_transfer_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    debit_currency text;
-    credit_currency text;
+CREATE FUNCTION ledger_transfers_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP <> 'INSERT' THEN
-        RAISE EXCEPTION 'ledger_transfers is append-only (% refused)', TG_OP
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    SELECT currency INTO debit_currency FROM ledger_accounts WHERE id = NEW.debit_account_id;
-    SELECT currency INTO credit_currency FROM ledger_accounts WHERE id = NEW.credit_account_id;
-    IF debit_currency IS NULL OR credit_currency IS NULL THEN
+    RAISE EXCEPTION 'ledger_transfers is append-only (% refused)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+CREATE FUNCTION ledger_transfers_check_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    SELECT CASE WHEN d.id IS NULL OR c.id IS NULL THEN 'account_not_found'
+                ELSE 'currency_mismatch' END
+      INTO v_problem
+      FROM inserted n
+      LEFT JOIN ledger_accounts d ON d.id = n.debit_account_id
+      LEFT JOIN ledger_accounts c ON c.id = n.credit_account_id
+     WHERE n.debit_account_id <> n.credit_account_id
+       AND (d.id IS NULL OR c.id IS NULL OR d.currency <> n.currency OR c.currency <> n.currency)
+     LIMIT 1;
+    IF v_problem = 'account_not_found' THEN
         RAISE EXCEPTION 'account_not_found' USING ERRCODE = 'foreign_key_violation';
-    END IF;
-    IF debit_currency <> NEW.currency OR credit_currency <> NEW.currency THEN
+    ELSIF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'currency_mismatch' USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END $$;
-CREATE TRIGGER ledger_transfers_guard BEFORE INSERT OR UPDATE OR DELETE ON ledger_transfers
-    FOR EACH ROW EXECUTE FUNCTION ledger_transfer_guard();
+
+-- Immutable rows; existence and currency of both accounts checked once per INSERT
+-- statement over all inserted rows, whoever inserts.
+CREATE TRIGGER ledger_transfers_no_change BEFORE UPDATE OR DELETE ON ledger_transfers
+    FOR EACH ROW EXECUTE FUNCTION ledger_transfers_refuse_change();
 CREATE TRIGGER ledger_transfers_no_truncate BEFORE TRUNCATE ON ledger_transfers
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_transfer_guard();
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_transfers_refuse_change();
+CREATE TRIGGER ledger_transfers_inserted AFTER INSERT ON ledger_transfers
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_transfers_check_inserted();
 
 CREATE TABLE ledger_balance_deltas (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -177,26 +204,6 @@ UNION ALL
 SELECT seq, id, credit_account_id, 'credit', amount, currency, created_at
 FROM ledger_transfers WHERE kind IN ('posted', 'post_pending');
 
--- Move an account's balance: a limited account's row is updated (it is already locked,
--- and its CHECK constraints enforce the limit); any other account gets a delta row.
-CREATE FUNCTION ledger_move(p_account text, p_limited boolean,
-                            p_dp bigint, p_cp bigint, p_dpend bigint, p_cpend bigint)
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF p_limited THEN
-        UPDATE ledger_accounts
-           SET debits_posted = debits_posted + p_dp,
-               credits_posted = credits_posted + p_cp,
-               debits_pending = debits_pending + p_dpend,
-               credits_pending = credits_pending + p_cpend
-         WHERE id = p_account;
-    ELSE
-        INSERT INTO ledger_balance_deltas
-            (account_id, debits_posted, credits_posted, debits_pending, credits_pending)
-        VALUES (p_account, p_dp, p_cp, p_dpend, p_cpend);
-    END IF;
-END $$;
-
 CREATE FUNCTION ledger_reject(p_code text, p_index int, p_detail text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -210,6 +217,8 @@ CREATE FUNCTION ledger_apply(p_transfers jsonb) RETURNS jsonb LANGUAGE plpgsql A
 DECLARE
     n          int := jsonb_array_length(p_transfers);
     i          int;
+    j          int;
+    s          int;
     t          jsonb;
     v_kind     text;
     v_debit    text;
@@ -217,26 +226,48 @@ DECLARE
     v_amount   bigint;
     v_currency text;
     v_expires  timestamptz;
+    v_held     bigint;
     v_pending  ledger_transfers%ROWTYPE;
     v_resolved text;
     v_batch    text := CASE WHEN n > 1 THEN p_transfers->0->>'id' END;
-    v_account  record;
-    v_plan     jsonb := '[]'::jsonb;
-    v_limited  text[] := '{}';
-    v_ids      text[] := '{}';
-    v_seq      bigint;
-    v_out      jsonb := '[]'::jsonb;
-    p          jsonb;
-    v_is_debit_limited  boolean;
-    v_is_credit_limited boolean;
-    v_held     bigint;
+    v_accounts jsonb;
+    v_account  jsonb;
+    v_id       text;
+    v_out      jsonb;
+    v_dp       bigint;
+    v_dpend    bigint;
+    -- The plan: one element per transfer.
+    k_id       text[] := '{}';
+    k_kind     text[] := '{}';
+    k_debit    text[] := '{}';
+    k_credit   text[] := '{}';
+    k_amount   bigint[] := '{}';
+    k_currency text[] := '{}';
+    k_pending  text[] := '{}';
+    k_expires  timestamptz[] := '{}';
+    k_hash     text[] := '{}';
+    k_meta     jsonb[] := '{}';
+    -- Net balance movement per account, kept sorted by account id (the lock order).
+    e_id       text[] := '{}';
+    e_dp       bigint[] := '{}';
+    e_cp       bigint[] := '{}';
+    e_dpend    bigint[] := '{}';
+    e_cpend    bigint[] := '{}';
+    -- Movements of unlimited accounts, appended as deltas.
+    d_id       text[] := '{}';
+    d_dp       bigint[] := '{}';
+    d_cp       bigint[] := '{}';
+    d_dpend    bigint[] := '{}';
+    d_cpend    bigint[] := '{}';
 BEGIN
-    -- 1. Resolve every transfer to its accounts and amount, checking what needs no lock.
+    -- 1. Resolve every transfer to its accounts and amounts. Plain expressions only, but
+    --    for holds, which are looked up.
     FOR i IN 0 .. n - 1 LOOP
         t := p_transfers->i;
         v_kind := t->>'kind';
         v_expires := NULL;
         v_held := 0;
+        v_pending := NULL;
         IF v_kind IN ('posted', 'pending') THEN
             v_debit := t->>'debit_account_id';
             v_credit := t->>'credit_account_id';
@@ -257,7 +288,7 @@ BEGIN
                     format('no pending transfer %s', t->>'pending_id'));
             END IF;
             SELECT kind INTO v_resolved FROM ledger_transfers WHERE pending_id = v_pending.id;
-            IF FOUND THEN
+            IF FOUND OR v_pending.id = ANY (k_pending) THEN
                 PERFORM ledger_reject('pending_transfer_already_resolved', i,
                     format('pending transfer %s was already %s', v_pending.id,
                            CASE v_resolved WHEN 'post_pending' THEN 'posted' ELSE 'voided' END));
@@ -291,83 +322,115 @@ BEGIN
             PERFORM ledger_reject('accounts_must_be_different', i,
                 'debit and credit accounts are the same');
         END IF;
-        FOR v_account IN
-            SELECT a.id, a.currency, a.closed,
-                   (a.debits_must_not_exceed_credits OR a.credits_must_not_exceed_debits) AS limited
-              FROM ledger_accounts a WHERE a.id IN (v_debit, v_credit)
-        LOOP
-            IF v_account.currency <> v_currency THEN
-                PERFORM ledger_reject('currency_mismatch', i,
-                    format('account %s holds %s, the transfer is in %s',
-                           v_account.id, v_account.currency, v_currency));
+        k_id := k_id || (t->>'id');
+        k_kind := k_kind || v_kind;
+        k_debit := k_debit || v_debit;
+        k_credit := k_credit || v_credit;
+        k_amount := k_amount || v_amount;
+        k_currency := k_currency || v_currency;
+        k_pending := k_pending || v_pending.id;
+        k_expires := k_expires || v_expires;
+        k_hash := k_hash || md5(t::text);
+        k_meta := k_meta || coalesce(t->'metadata', '{}'::jsonb);
+
+        -- Net movement per account: debit side then credit side.
+        v_dp := CASE WHEN v_kind IN ('posted', 'post_pending') THEN v_amount ELSE 0 END;
+        v_dpend := CASE WHEN v_kind = 'pending' THEN v_amount
+                        WHEN v_kind IN ('post_pending', 'void_pending') THEN -v_held
+                        ELSE 0 END;
+        FOR s IN 1 .. 2 LOOP
+            v_id := CASE WHEN s = 1 THEN v_debit ELSE v_credit END;
+            j := array_position(e_id, v_id);
+            IF j IS NULL THEN
+                -- insert keeping e_id sorted
+                j := 1;
+                WHILE j <= coalesce(array_length(e_id, 1), 0) AND e_id[j] < v_id LOOP
+                    j := j + 1;
+                END LOOP;
+                e_id := e_id[1:j - 1] || v_id || e_id[j:];
+                e_dp := e_dp[1:j - 1] || 0::bigint || e_dp[j:];
+                e_cp := e_cp[1:j - 1] || 0::bigint || e_cp[j:];
+                e_dpend := e_dpend[1:j - 1] || 0::bigint || e_dpend[j:];
+                e_cpend := e_cpend[1:j - 1] || 0::bigint || e_cpend[j:];
             END IF;
-            -- Holds may still be released on a closed account; nothing else moves it.
-            IF v_account.closed AND v_kind <> 'void_pending' THEN
-                PERFORM ledger_reject('account_closed', i,
-                    format('account %s is closed', v_account.id));
+            IF s = 1 THEN
+                e_dp[j] := e_dp[j] + v_dp;
+                e_dpend[j] := e_dpend[j] + v_dpend;
+            ELSE
+                e_cp[j] := e_cp[j] + v_dp;
+                e_cpend[j] := e_cpend[j] + v_dpend;
             END IF;
-            IF v_account.limited THEN
-                v_limited := v_limited || v_account.id::text;
-            END IF;
-            v_ids := v_ids || v_account.id::text;
         END LOOP;
-        IF NOT (v_debit = ANY (v_ids)) THEN
-            PERFORM ledger_reject('account_not_found', i, format('no account %s', v_debit));
-        END IF;
-        IF NOT (v_credit = ANY (v_ids)) THEN
-            PERFORM ledger_reject('account_not_found', i, format('no account %s', v_credit));
-        END IF;
-        v_plan := v_plan || jsonb_build_object(
-            'kind', v_kind, 'debit', v_debit, 'credit', v_credit, 'amount', v_amount,
-            'held', v_held, 'currency', v_currency, 'expires_at', v_expires,
-            'pending_id', CASE WHEN v_kind IN ('post_pending', 'void_pending')
-                               THEN v_pending.id END);
     END LOOP;
 
-    -- 2. Record the transfers first: a second resolution of the same hold waits here on
+    -- 2. The accounts, in one query: they exist, share the currency, are open.
+    SELECT jsonb_object_agg(a.id, jsonb_build_object(
+               'currency', a.currency::text, 'closed', a.closed,
+               'limited', a.debits_must_not_exceed_credits OR a.credits_must_not_exceed_debits))
+      INTO v_accounts
+      FROM ledger_accounts a WHERE a.id = ANY (e_id);
+    v_accounts := coalesce(v_accounts, '{}'::jsonb);
+    FOR i IN 1 .. n LOOP
+        FOR s IN 1 .. 2 LOOP
+            v_id := CASE WHEN s = 1 THEN k_debit[i] ELSE k_credit[i] END;
+            v_account := v_accounts->v_id;
+            IF v_account IS NULL THEN
+                PERFORM ledger_reject('account_not_found', i - 1, format('no account %s', v_id));
+            END IF;
+            IF v_account->>'currency' <> k_currency[i] THEN
+                PERFORM ledger_reject('currency_mismatch', i - 1,
+                    format('account %s holds %s, the transfer is in %s',
+                           v_id, v_account->>'currency', k_currency[i]));
+            END IF;
+            -- Holds may still be released on a closed account; nothing else moves it.
+            IF (v_account->>'closed')::boolean AND k_kind[i] <> 'void_pending' THEN
+                PERFORM ledger_reject('account_closed', i - 1,
+                    format('account %s is closed', v_id));
+            END IF;
+        END LOOP;
+    END LOOP;
+
+    -- 3. Record the transfers first: a second resolution of the same hold waits here on
     --    the unique index and then fails, before it could touch any balance.
-    FOR i IN 0 .. n - 1 LOOP
-        t := p_transfers->i;
-        p := v_plan->i;
+    WITH inserted AS (
         INSERT INTO ledger_transfers
             (id, kind, debit_account_id, credit_account_id, amount, currency, pending_id,
              expires_at, batch_id, request_hash, metadata)
-        VALUES (t->>'id', p->>'kind', p->>'debit', p->>'credit', (p->>'amount')::bigint,
-                p->>'currency', p->>'pending_id', (p->>'expires_at')::timestamptz, v_batch,
-                md5(t::text), coalesce(t->'metadata', '{}'::jsonb))
-        RETURNING seq INTO v_seq;
-        v_out := v_out || jsonb_build_object('id', t->>'id', 'seq', v_seq);
-    END LOOP;
+        SELECT x.id, x.kind, x.debit, x.credit, x.amount, x.currency, x.pending, x.expires,
+               v_batch, x.hash, x.meta
+          FROM unnest(k_id, k_kind, k_debit, k_credit, k_amount, k_currency, k_pending,
+                      k_expires, k_hash, k_meta)
+               AS x(id, kind, debit, credit, amount, currency, pending, expires, hash, meta)
+        RETURNING id, seq
+    )
+    SELECT jsonb_agg(jsonb_build_object('id', id, 'seq', seq) ORDER BY seq) INTO v_out
+      FROM inserted;
 
-    -- 3. Lock the limited accounts, always in id order, so concurrent batches touching the
-    --    same accounts queue instead of deadlocking. Unlimited accounts are not locked.
-    PERFORM 1 FROM ledger_accounts
-      WHERE id = ANY (v_limited) ORDER BY id FOR NO KEY UPDATE;
-
-    -- 4. Move the balances; CHECK constraints on the rows refuse a broken limit.
-    FOR i IN 0 .. n - 1 LOOP
-        p := v_plan->i;
-        v_kind := p->>'kind';
-        v_debit := p->>'debit';
-        v_credit := p->>'credit';
-        v_amount := (p->>'amount')::bigint;
-        v_held := (p->>'held')::bigint;
-        v_is_debit_limited := v_debit = ANY (v_limited);
-        v_is_credit_limited := v_credit = ANY (v_limited);
-        IF v_kind = 'posted' THEN
-            PERFORM ledger_move(v_debit, v_is_debit_limited, v_amount, 0, 0, 0);
-            PERFORM ledger_move(v_credit, v_is_credit_limited, 0, v_amount, 0, 0);
-        ELSIF v_kind = 'pending' THEN
-            PERFORM ledger_move(v_debit, v_is_debit_limited, 0, 0, v_amount, 0);
-            PERFORM ledger_move(v_credit, v_is_credit_limited, 0, 0, 0, v_amount);
-        ELSIF v_kind = 'post_pending' THEN
-            PERFORM ledger_move(v_debit, v_is_debit_limited, v_amount, 0, -v_held, 0);
-            PERFORM ledger_move(v_credit, v_is_credit_limited, 0, v_amount, 0, -v_held);
+    -- 4. Move the balances. A limited account is updated in place, one row at a time in
+    --    account-id order (so concurrent batches queue instead of deadlocking), and its
+    --    CHECK constraints refuse a broken limit. An unlimited account is never locked:
+    --    its movement is appended as a delta.
+    FOR j IN 1 .. coalesce(array_length(e_id, 1), 0) LOOP
+        IF (v_accounts->e_id[j]->>'limited')::boolean THEN
+            UPDATE ledger_accounts
+               SET debits_posted = debits_posted + e_dp[j],
+                   credits_posted = credits_posted + e_cp[j],
+                   debits_pending = debits_pending + e_dpend[j],
+                   credits_pending = credits_pending + e_cpend[j]
+             WHERE id = e_id[j];
         ELSE
-            PERFORM ledger_move(v_debit, v_is_debit_limited, 0, 0, -v_held, 0);
-            PERFORM ledger_move(v_credit, v_is_credit_limited, 0, 0, 0, -v_held);
+            d_id := d_id || e_id[j];
+            d_dp := d_dp || e_dp[j];
+            d_cp := d_cp || e_cp[j];
+            d_dpend := d_dpend || e_dpend[j];
+            d_cpend := d_cpend || e_cpend[j];
         END IF;
     END LOOP;
+    IF array_length(d_id, 1) > 0 THEN
+        INSERT INTO ledger_balance_deltas
+            (account_id, debits_posted, credits_posted, debits_pending, credits_pending)
+        SELECT * FROM unnest(d_id, d_dp, d_cp, d_dpend, d_cpend);
+    END IF;
     RETURN v_out;
 END $$;
 
@@ -387,39 +450,62 @@ DECLARE
     v_hint     text;
     v_index    int;
     v_constraint text;
+    v_tids     text[] := '{}';
 BEGIN
     IF n IS NULL OR n = 0 THEN
         RETURN jsonb_build_object('ok', false, 'code', 'invalid_transfer', 'index', 0,
                                   'detail', 'no transfers given', 'replayed', false);
     END IF;
     -- Idempotency: an id seen before answers with its original outcome, if the request is
-    -- the same; otherwise it is a conflict. Nothing is written on this path.
+    -- the same; otherwise it is a conflict. Nothing is written on this path. New ids (the
+    -- common case) cost one index probe per table for the whole batch.
     FOR i IN 0 .. n - 1 LOOP
-        t := p_transfers->i;
-        v_hash := md5(t::text);
-        SELECT request_hash, seq INTO v_existing FROM ledger_transfers WHERE id = t->>'id';
-        IF FOUND THEN
-            IF v_existing.request_hash <> v_hash THEN
-                RETURN jsonb_build_object('ok', false, 'code', 'idempotency_conflict',
-                    'index', i, 'replayed', false,
-                    'detail', format('transfer id %s was used with other fields', t->>'id'));
-            END IF;
-            v_found := v_found + 1;
-            v_out := v_out || jsonb_build_object('id', t->>'id', 'seq', v_existing.seq);
-            CONTINUE;
-        END IF;
-        SELECT request_hash, code, detail, batch_index INTO v_existing
-          FROM ledger_rejections WHERE id = t->>'id';
-        IF FOUND THEN
-            IF v_existing.request_hash <> v_hash THEN
-                RETURN jsonb_build_object('ok', false, 'code', 'idempotency_conflict',
-                    'index', i, 'replayed', false,
-                    'detail', format('transfer id %s was used with other fields', t->>'id'));
-            END IF;
-            RETURN jsonb_build_object('ok', false, 'code', v_existing.code,
-                'index', v_existing.batch_index, 'detail', v_existing.detail, 'replayed', true);
-        END IF;
+        v_tids := v_tids || (p_transfers->i->>'id');
     END LOOP;
+    PERFORM 1 FROM ledger_transfers WHERE id = ANY (v_tids)
+    UNION ALL
+    SELECT 1 FROM ledger_rejections WHERE id = ANY (v_tids)
+    LIMIT 1;
+    IF FOUND THEN
+        FOR i IN 0 .. n - 1 LOOP
+            t := p_transfers->i;
+            v_hash := md5(t::text);
+            SELECT request_hash, seq INTO v_existing FROM ledger_transfers WHERE id = t->>'id';
+            IF FOUND THEN
+                IF v_existing.request_hash <> v_hash THEN
+                    RETURN jsonb_build_object('ok', false, 'code', 'idempotency_conflict',
+                        'index', i, 'replayed', false,
+                        'detail', format('transfer id %s was used with other fields', t->>'id'));
+                END IF;
+                v_found := v_found + 1;
+                v_out := v_out || jsonb_build_object('id', t->>'id', 'seq', v_existing.seq);
+                CONTINUE;
+            END IF;
+            SELECT request_hash, code, detail, batch_index INTO v_existing
+              FROM ledger_rejections WHERE id = t->>'id';
+            IF FOUND THEN
+                IF v_existing.request_hash <> v_hash THEN
+                    RETURN jsonb_build_object('ok', false, 'code', 'idempotency_conflict',
+                        'index', i, 'replayed', false,
+                        'detail', format('transfer id %s was used with other fields', t->>'id'));
+                END IF;
+                -- A leg that failed only because another leg of its batch did answers, on a
+                -- replay of that batch, with the failing leg's own outcome: the first answer.
+                IF v_existing.code = 'linked_transfer_failed'
+                   AND p_transfers->v_existing.batch_index IS NOT NULL THEN
+                    SELECT r.code, r.detail INTO v_code, v_detail FROM ledger_rejections r
+                     WHERE r.id = p_transfers->v_existing.batch_index->>'id';
+                    IF FOUND THEN
+                        RETURN jsonb_build_object('ok', false, 'code', v_code,
+                            'index', v_existing.batch_index, 'detail', v_detail,
+                            'replayed', true);
+                    END IF;
+                END IF;
+                RETURN jsonb_build_object('ok', false, 'code', v_existing.code,
+                    'index', v_existing.batch_index, 'detail', v_existing.detail, 'replayed', true);
+            END IF;
+        END LOOP;
+    END IF;
     IF v_found = n THEN
         RETURN jsonb_build_object('ok', true, 'replayed', true, 'transfers', v_out);
     ELSIF v_found > 0 THEN
@@ -485,6 +571,139 @@ BEGIN
                               'detail', coalesce(v_detail, v_code), 'replayed', false);
 END $$;
 
+-- Group commit: several independent requests that arrived together at one client, applied
+-- set-wise when each is a single posted or pending transfer (see the module docstring).
+-- Every statement here is a key lookup or a keyed write. The plans PL/pgSQL caches per
+-- connection are made early, when a young database's statistics still call the tables tiny
+-- and the jsonb sets large (100 rows): measured, they then hash-join whole tables for as long
+-- as the connection lives (3x slower). These settings keep every plan on the primary keys.
+CREATE FUNCTION ledger_apply_group(p_batches jsonb) RETURNS jsonb LANGUAGE plpgsql
+    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+DECLARE
+    v_out      jsonb;
+    -- Arrays, not joins against jsonb_array_elements: = ANY (array) keeps every lookup on
+    -- the primary keys (the planner guesses 100 rows for a jsonb set and hash-joins whole
+    -- tables).
+    v_ids      text[] := ARRAY(SELECT b->0->>'id' FROM jsonb_array_elements(p_batches) b);
+    v_accounts text[] := ARRAY(
+        SELECT b->0->>'debit_account_id' FROM jsonb_array_elements(p_batches) b
+        UNION
+        SELECT b->0->>'credit_account_id' FROM jsonb_array_elements(p_batches) b);
+    v_limited  text[];
+BEGIN
+    -- Only ids never seen before take the set-wise path (replays are answered one by one).
+    PERFORM 1 FROM ledger_transfers WHERE id = ANY (v_ids)
+    UNION ALL
+    SELECT 1 FROM ledger_rejections WHERE id = ANY (v_ids)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'group fallback: a seen id' USING ERRCODE = 'BFC03';
+    END IF;
+    -- Every request valid: positive amount, two different open accounts in its currency.
+    PERFORM 1 FROM jsonb_array_elements(p_batches) b
+      LEFT JOIN ledger_accounts d ON d.id = b->0->>'debit_account_id'
+      LEFT JOIN ledger_accounts c ON c.id = b->0->>'credit_account_id'
+     WHERE d.id IS NULL OR c.id IS NULL OR d.id = c.id
+        OR d.currency <> b->0->>'currency' OR c.currency <> b->0->>'currency'
+        OR d.closed OR c.closed OR (b->0->>'amount')::bigint <= 0
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'group fallback: an invalid request' USING ERRCODE = 'BFC03';
+    END IF;
+    -- The group's limited accounts, locked together in account-id order.
+    v_limited := ARRAY(
+        SELECT id FROM ledger_accounts
+         WHERE id = ANY (v_accounts)
+           AND (debits_must_not_exceed_credits OR credits_must_not_exceed_debits)
+         ORDER BY id
+           FOR NO KEY UPDATE);
+    WITH inserted AS (
+        INSERT INTO ledger_transfers
+            (id, kind, debit_account_id, credit_account_id, amount, currency, expires_at,
+             request_hash, metadata)
+        SELECT t->>'id', t->>'kind', t->>'debit_account_id', t->>'credit_account_id',
+               (t->>'amount')::bigint, t->>'currency',
+               CASE WHEN t->>'kind' = 'pending' AND t ? 'timeout_seconds'
+                    THEN now() + make_interval(secs => (t->>'timeout_seconds')::int) END,
+               md5(t::text), coalesce(t->'metadata', '{}'::jsonb)
+          FROM jsonb_array_elements(p_batches) WITH ORDINALITY AS x(b, ord),
+               LATERAL (SELECT x.b->0 AS t) one
+         ORDER BY x.ord
+        RETURNING id, seq
+    )
+    SELECT jsonb_object_agg(id, jsonb_build_object(
+               'ok', true, 'replayed', false,
+               'transfers', jsonb_build_array(jsonb_build_object('id', id, 'seq', seq))))
+      INTO v_out FROM inserted;
+    -- Net movement per account: limited accounts in place (their CHECKs hold the limits),
+    -- the others as deltas.
+    WITH moves AS (
+        SELECT t->>'debit_account_id' AS account_id,
+               CASE WHEN t->>'kind' = 'posted' THEN (t->>'amount')::bigint ELSE 0 END AS dp,
+               0::bigint AS cp,
+               CASE WHEN t->>'kind' = 'pending' THEN (t->>'amount')::bigint ELSE 0 END AS dpend,
+               0::bigint AS cpend
+          FROM jsonb_array_elements(p_batches) b, LATERAL (SELECT b->0 AS t) one
+        UNION ALL
+        SELECT t->>'credit_account_id', 0,
+               CASE WHEN t->>'kind' = 'posted' THEN (t->>'amount')::bigint ELSE 0 END,
+               0,
+               CASE WHEN t->>'kind' = 'pending' THEN (t->>'amount')::bigint ELSE 0 END
+          FROM jsonb_array_elements(p_batches) b, LATERAL (SELECT b->0 AS t) one
+    ), net AS (
+        SELECT account_id, sum(dp)::bigint AS dp, sum(cp)::bigint AS cp,
+               sum(dpend)::bigint AS dpend, sum(cpend)::bigint AS cpend,
+               account_id = ANY (v_limited) AS limited
+          FROM moves GROUP BY account_id
+    ), updated AS (
+        -- (a data-modifying WITH runs exactly once, whether or not it is read)
+        UPDATE ledger_accounts a
+           SET debits_posted = a.debits_posted + net.dp,
+               credits_posted = a.credits_posted + net.cp,
+               debits_pending = a.debits_pending + net.dpend,
+               credits_pending = a.credits_pending + net.cpend
+          FROM net
+         WHERE a.id = net.account_id AND net.limited AND a.id = ANY (v_limited)
+        RETURNING a.id
+    )
+    INSERT INTO ledger_balance_deltas
+        (account_id, debits_posted, credits_posted, debits_pending, credits_pending)
+    SELECT account_id, dp, cp, dpend, cpend FROM net WHERE NOT limited;
+    RETURN v_out;
+END $$;
+
+-- Several independent requests (each a JSON array of transfers: a linked batch) in, an
+-- object of outcomes keyed by each request's first transfer id out. A request whose first
+-- id appears twice in one group is answered once; the client does not send such groups.
+CREATE FUNCTION ledger_submit_group(p_batches jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    n     int := jsonb_array_length(p_batches);
+    i     int;
+    v_out jsonb := '{}'::jsonb;
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM jsonb_array_elements(p_batches) b
+         WHERE jsonb_typeof(b) <> 'array' OR jsonb_array_length(b) <> 1
+            OR b->0->>'kind' NOT IN ('posted', 'pending')
+            OR b->0->>'debit_account_id' IS NULL OR b->0->>'credit_account_id' IS NULL
+            OR b->0->>'amount' IS NULL OR b->0->>'currency' IS NULL OR b->0->>'id' IS NULL
+    ) THEN
+        BEGIN
+            RETURN ledger_apply_group(p_batches);
+        EXCEPTION
+            -- Anything unusual: undo the attempt, answer each request on its own below.
+            WHEN SQLSTATE 'BFC03' OR check_violation OR unique_violation
+                 OR foreign_key_violation OR numeric_value_out_of_range
+                 OR invalid_text_representation THEN
+                NULL;
+        END;
+    END IF;
+    FOR i IN 0 .. n - 1 LOOP
+        v_out := v_out || jsonb_build_object(p_batches->i->0->>'id', ledger_submit(p_batches->i));
+    END LOOP;
+    RETURN v_out;
+END $$;
+
 -- Fold an account's deltas into its row. DELETE ... RETURNING takes exactly the deltas
 -- that are committed now; deltas of transfers still in flight stay for the next roll-up.
 CREATE FUNCTION ledger_roll_up(p_account text) RETURNS int LANGUAGE plpgsql AS $$
@@ -521,16 +740,18 @@ def downgrade() -> None:
     op.execute(
         """
         DROP FUNCTION ledger_roll_up(text);
+        DROP FUNCTION ledger_submit_group(jsonb);
+        DROP FUNCTION ledger_apply_group(jsonb);
         DROP FUNCTION ledger_submit(jsonb);
         DROP FUNCTION ledger_apply(jsonb);
         DROP FUNCTION ledger_reject(text, int, text);
-        DROP FUNCTION ledger_move(text, boolean, bigint, bigint, bigint, bigint);
         DROP VIEW ledger_entries;
         DROP VIEW ledger_account_balances;
         DROP TABLE ledger_rejections;
         DROP TABLE ledger_balance_deltas;
         DROP TABLE ledger_transfers;
-        DROP FUNCTION ledger_transfer_guard();
+        DROP FUNCTION ledger_transfers_check_inserted();
+        DROP FUNCTION ledger_transfers_refuse_change();
         DROP TABLE ledger_accounts;
         DROP FUNCTION ledger_account_guard();
         """
