@@ -12,6 +12,7 @@ import pytest
 
 from infra.settings import Settings
 from infra.stack.base import StackError
+from infra.stack.keycloak import KeycloakService
 from infra.stack.process import ProcessTable, port_is_open
 from infra.stack.temporal import TemporalService
 
@@ -81,3 +82,16 @@ def test_logs_keep_what_each_start_printed(tmp_path: Path) -> None:
         os.waitpid(record.pid, 0)
     log = table.log_path("echo").read_text()
     assert log.index("first") < log.index("second")
+
+
+def test_keycloak_without_java_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither java nor mvn here
+    settings = Settings(stack_dir=tmp_path)
+    service = KeycloakService(settings, ProcessTable(settings.stack_path))
+    with pytest.raises(StackError) as refused:
+        service.install()
+    message = str(refused.value)
+    assert "java" in message
+    assert "\n" not in message
