@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from infra.envelope import EnvelopeCipher
 from infra.ledger_store import LedgerStore
 from infra.settings import Settings
 from infra.temporal import connect_temporal
@@ -18,8 +19,9 @@ class TemporalHolder:
     """The process's one Temporal client, connected on first use (so the API can start
     before Temporal answers) and again after a failed attempt, one attempt at a time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cipher: EnvelopeCipher | None = None) -> None:
         self._settings = settings
+        self._cipher = cipher
         self._client: Client | None = None
         self._lock = asyncio.Lock()
 
@@ -30,7 +32,7 @@ class TemporalHolder:
             if self._client is None:
                 try:
                     self._client = await asyncio.wait_for(
-                        connect_temporal(self._settings), timeout=3
+                        connect_temporal(self._settings, self._cipher), timeout=3
                     )
                 except (TimeoutError, RuntimeError, OSError):
                     return None

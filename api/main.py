@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,11 +10,23 @@ from fastapi import FastAPI
 
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
-from api.routes import accounts, health, ledger
+from api.routes import accounts, codec, health, ledger
+from api.routes.codec import CodecCORS
 from infra.db import create_db_engine
+from infra.envelope import EnvelopeCipher
 from infra.keycloak import TokenVerifier
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings, get_settings
+from infra.temporal import EnvelopePayloadCodec
+from infra.vault import SecretStore, SecretsUnavailable, connect_vault, load_platform_secrets
+
+
+def codec_origins(settings: Settings) -> list[str]:
+    """The Temporal Web UI's origins: the only pages that may call the codec routes."""
+    port = settings.temporal_ui_port
+    return sorted(
+        {settings.temporal_ui_url, f"http://localhost:{port}", f"http://127.0.0.1:{port}"}
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,8 +35,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        try:
+            vault = connect_vault(settings)
+            load_platform_secrets(SecretStore(vault, settings))
+        except SecretsUnavailable as exc:
+            # One line a person can act on, then stop: serving without secrets helps no one.
+            print(f"api: {exc}", file=sys.stderr)  # noqa: T201
+            raise SystemExit(1) from None
+        cipher = EnvelopeCipher(vault, settings)
+        app.state.payload_codec = EnvelopePayloadCodec(cipher)
         app.state.engine = create_db_engine(settings)
-        app.state.temporal = TemporalHolder(settings)
+        app.state.temporal = TemporalHolder(settings, cipher)
         app.state.token_verifier = TokenVerifier(settings)
         pool = create_ledger_pool(settings)
         await pool.open(wait=False)
@@ -42,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Payments, onboarding and compliance review over Temporal workflows.",
     )
     install_problem_handlers(app)
+    app.add_middleware(CodecCORS, origins=codec_origins(settings))
     app.include_router(health.router)
     app.include_router(accounts.router)
     app.include_router(ledger.router)
+    app.include_router(codec.router)
     return app

@@ -1,11 +1,71 @@
-"""The Temporal client every process uses."""
+"""The Temporal client every process uses, and the payload codec that encrypts payloads.
+
+With a codec, every payload (workflow and activity inputs and results, signals, queries,
+memos) and every failure's message and stack trace leave the process as envelopes
+(``infra.envelope``): the Temporal server and its database never see plaintext. Operators
+read them in the Web UI through the API's codec endpoints.
+"""
 
 from __future__ import annotations
 
-from temporalio.client import Client
+import asyncio
+import dataclasses
+from collections.abc import Sequence
 
+import temporalio.converter
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client
+from temporalio.converter import DataConverter, PayloadCodec
+
+from infra.envelope import EnvelopeCipher
 from infra.settings import Settings
 
+ENCODING = b"binary/bfc-envelope"
 
-async def connect_temporal(settings: Settings) -> Client:
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+
+class EnvelopePayloadCodec(PayloadCodec):
+    def __init__(self, cipher: EnvelopeCipher) -> None:
+        self._cipher = cipher
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        # Off the event loop: a fresh data key is a call to Vault.
+        return await asyncio.to_thread(self._encode_all, payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return await asyncio.to_thread(self._decode_all, payloads)
+
+    def _encode_all(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [
+            Payload(
+                metadata={"encoding": ENCODING, "bfc-key": self._cipher.key_name.encode()},
+                data=self._cipher.encrypt(payload.SerializeToString()),
+            )
+            for payload in payloads
+        ]
+
+    def _decode_all(self, payloads: Sequence[Payload]) -> list[Payload]:
+        decoded = []
+        for payload in payloads:
+            if payload.metadata.get("encoding") != ENCODING:
+                decoded.append(payload)  # written before encryption, or not ours
+                continue
+            decoded.append(Payload.FromString(self._cipher.decrypt(payload.data)))
+        return decoded
+
+
+def encrypted_data_converter(cipher: EnvelopeCipher) -> DataConverter:
+    return dataclasses.replace(
+        temporalio.converter.default(),
+        payload_codec=EnvelopePayloadCodec(cipher),
+        # Failure messages and stack traces can carry business data: encrypt them too.
+        failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+async def connect_temporal(settings: Settings, cipher: EnvelopeCipher | None = None) -> Client:
+    converter = encrypted_data_converter(cipher) if cipher else temporalio.converter.default()
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=converter,
+    )

@@ -50,6 +50,9 @@ class SecretStore:
         self._mount = settings.vault_kv_mount
         self._base = settings.vault_secrets_path
 
+    def path_of(self, name: str) -> str:
+        return f"{self._mount}/{self._base}/{name}"
+
     def read(self, name: str) -> dict[str, str]:
         path = f"{self._base}/{name}"
         try:
@@ -88,3 +91,25 @@ class TransitCipher:
             name=self._key, ciphertext=ciphertext, mount_point=self._mount
         )
         return base64.b64decode(response["data"]["plaintext"])
+
+
+# What the platform's processes need from Vault before they serve anything.
+REQUIRED_SECRETS: dict[str, tuple[str, ...]] = {
+    "gateway": ("api_key",),
+    "kyc": ("api_key", "webhook_signing_secret"),
+    "webhooks": ("signing_secret",),
+    "smtp": ("username", "password"),
+    "keycloak": ("client_id", "client_secret"),
+}
+
+
+def load_platform_secrets(store: SecretStore) -> dict[str, dict[str, str]]:
+    """Read every secret the platform needs; the first one missing stops the start."""
+    loaded: dict[str, dict[str, str]] = {}
+    for name, fields in REQUIRED_SECRETS.items():
+        data = store.read(name)
+        missing = [field for field in fields if not data.get(field)]
+        if missing:
+            raise MissingSecret(f"secret {store.path_of(name)} lacks {', '.join(missing)}")
+        loaded[name] = data
+    return loaded

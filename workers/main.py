@@ -29,10 +29,11 @@ from temporalio.worker import Worker
 from activities.ledger_maintenance import LedgerMaintenanceActivities
 from activities.platform_check import PlatformCheckActivities
 from infra.db import create_db_engine
+from infra.envelope import EnvelopeCipher
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings, get_settings
 from infra.temporal import connect_temporal
-from infra.vault import SecretStore, SecretsUnavailable, connect_vault
+from infra.vault import SecretStore, SecretsUnavailable, connect_vault, load_platform_secrets
 from models.contracts import LEDGER_ROLL_UP_SCHEDULE
 from workflows.ledger_maintenance import LedgerRollUpWorkflow
 from workflows.platform_check import PlatformCheckWorkflow
@@ -60,13 +61,15 @@ async def ensure_schedules(client: Client, settings: Settings) -> None:
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     vault = connect_vault(settings)
+    load_platform_secrets(SecretStore(vault, settings))  # stop now if one is missing
+    cipher = EnvelopeCipher(vault, settings)
     engine = create_db_engine(settings)
     ledger_pool = create_ledger_pool(settings)
     await ledger_pool.open()
     checks = PlatformCheckActivities(engine, SecretStore(vault, settings))
     ledger = LedgerStore(ledger_pool)
     maintenance = LedgerMaintenanceActivities(ledger)
-    client = await connect_temporal(settings)
+    client = await connect_temporal(settings, cipher)
     await ensure_schedules(client, settings)
     try:
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="activity") as pool:

@@ -43,6 +43,9 @@ class TemporalService(Service):
             "journal_mode=wal",
             "--sqlite-pragma",
             "synchronous=normal",
+            # The Web UI asks our API to decrypt payloads (operators only; api/routes/codec.py).
+            "--ui-codec-endpoint",
+            f"{s.api_url}/codec",
             "--log-format",
             "json",
             "--log-level",

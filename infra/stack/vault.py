@@ -48,6 +48,7 @@ path "{transit}/encrypt/{key}" {{ capabilities = ["update"] }}
 path "{transit}/decrypt/{key}" {{ capabilities = ["update"] }}
 path "{transit}/rewrap/{key}" {{ capabilities = ["update"] }}
 path "{transit}/datakey/wrapped/{key}" {{ capabilities = ["update"] }}
+path "{transit}/datakey/plaintext/{key}" {{ capabilities = ["update"] }}
 path "{transit}/keys/{key}" {{ capabilities = ["read"] }}
 """
 

@@ -10,16 +10,21 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from api.main import create_app
 from infra.db import create_db_engine
+from infra.envelope import EnvelopeCipher
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.temporal import connect_temporal
+from infra.vault import connect_vault
 from tests.helpers.ledger import AccountFactory
+from tests.helpers.logins import Logins
 
 pytestmark = pytest.mark.stack
 
@@ -47,9 +52,15 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def cipher(settings: Settings) -> EnvelopeCipher:
+    return EnvelopeCipher(connect_vault(settings), settings)
+
+
 @pytest.fixture
-async def temporal(settings: Settings) -> AsyncIterator[Client]:
-    yield await connect_temporal(settings)
+async def temporal(settings: Settings, cipher: EnvelopeCipher) -> AsyncIterator[Client]:
+    """A client as the platform's processes have it: payloads encrypted end to end."""
+    yield await connect_temporal(settings, cipher)
 
 
 @pytest.fixture
@@ -70,3 +81,18 @@ async def ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
 @pytest.fixture
 def accounts(ledger: LedgerStore, unique: str) -> AccountFactory:
     return AccountFactory(ledger, unique)
+
+
+@pytest.fixture(scope="session")
+def logins(settings: Settings) -> Logins:
+    return Logins(settings)
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API application in-process: real database, Vault, Temporal and Keycloak tokens."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client

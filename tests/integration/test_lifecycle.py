@@ -16,6 +16,7 @@ from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from infra.audit import list_audit_events, record_audit_event
+from infra.envelope import EnvelopeCipher
 from infra.keycloak import TokenVerifier, password_login
 from infra.settings import Settings
 from infra.stack.process import port_is_open
@@ -90,7 +91,8 @@ async def test_down_then_up_keeps_the_data(
     cipher = TransitCipher(connect_vault(settings), settings)
     assert cipher.decrypt(ciphertext) == b"kept across restarts"
     # Temporal's SQLite file kept the finished workflow and its result.
-    client = await connect_temporal(settings)
+    # A fresh cipher: the payloads' data keys are unwrapped by the restarted Vault.
+    client = await connect_temporal(settings, EnvelopeCipher(connect_vault(settings), settings))
     handle = client.get_workflow_handle(workflow_id, result_type=PlatformCheckResult)
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
     assert (await handle.result()).requested_by == "lifecycle"

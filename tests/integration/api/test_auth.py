@@ -17,7 +17,7 @@ from keycloak import KeycloakAdmin
 from api.main import create_app
 from infra.keycloak import password_login, token_endpoint
 from infra.settings import Settings
-from tests.integration.api.conftest import Logins
+from tests.helpers.logins import Logins
 
 AUDIENCE_MAPPER = {
     "name": "bfc-api-audience",
@@ -142,28 +142,19 @@ async def test_the_token_matrix(
 
 
 # Who gets what on every route. "ok" is any answer but 401/403 (the route's own outcome).
+EVERYONE = {"alice", "bob", "olivia", "carol", "cora", "admin"}
+STAFF = {"olivia", "admin"}
+READERS_OF_PAYLOADS = {"olivia", "carol", "cora"}
 ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
-    ("GET", "/v1/accounts"): {"alice", "bob", "olivia", "carol", "cora", "admin"},
-    ("GET", "/v1/accounts/acc_nothing"): {"alice", "bob", "olivia", "carol", "cora", "admin"},
-    ("GET", "/v1/accounts/acc_nothing/entries"): {
-        "alice",
-        "bob",
-        "olivia",
-        "carol",
-        "cora",
-        "admin",
-    },
-    ("GET", "/v1/accounts/acc_nothing/balance?as_of=2026-01-01T00:00:00Z"): {
-        "alice",
-        "bob",
-        "olivia",
-        "carol",
-        "cora",
-        "admin",
-    },
-    ("POST", "/v1/ledger/accounts"): {"olivia", "admin"},
-    ("POST", "/v1/ledger/transfers"): {"olivia", "admin"},
-    ("GET", "/v1/ledger/trial-balance"): {"olivia", "admin"},
+    ("GET", "/v1/accounts"): EVERYONE,
+    ("GET", "/v1/accounts/acc_nothing"): EVERYONE,
+    ("GET", "/v1/accounts/acc_nothing/entries"): EVERYONE,
+    ("GET", "/v1/accounts/acc_nothing/balance?as_of=2026-01-01T00:00:00Z"): EVERYONE,
+    ("POST", "/v1/ledger/accounts"): STAFF,
+    ("POST", "/v1/ledger/transfers"): STAFF,
+    ("GET", "/v1/ledger/trial-balance"): STAFF,
+    ("POST", "/codec/decode"): READERS_OF_PAYLOADS,
+    ("POST", "/codec/encode"): READERS_OF_PAYLOADS,
 }
 
 
@@ -192,7 +183,7 @@ def test_the_matrix_covers_every_route() -> None:
         (method.upper(), path)
         for path, operations in paths.items()
         for method in operations
-        if path.startswith("/v1/")
+        if path.startswith(("/v1/", "/codec/"))
     }
     covered = {(m, p.split("?")[0].replace("acc_nothing", "{account_id}")) for m, p in ROLE_MATRIX}
     assert routes == covered

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from models.tables import AuditEvent
-from tests.integration.api.conftest import Logins
+from tests.helpers.logins import Logins
 
 
 def key() -> str:

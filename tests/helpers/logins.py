@@ -1,25 +1,11 @@
-"""The API application in-process (real database, real Keycloak tokens), and dev logins."""
+"""Dev logins of the realm's users, for tests that call the API as someone."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from functools import cache
 
-import httpx
-import pytest
-
-from api.main import create_app
 from infra.keycloak import TokenVerifier, password_login
 from infra.settings import Settings
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
 
 
 class Logins:
@@ -38,8 +24,3 @@ class Logins:
 
     def subject(self, username: str) -> str:
         return self.verifier.verify(self.token(username)).subject
-
-
-@pytest.fixture(scope="session")
-def logins(settings: Settings) -> Logins:
-    return Logins(settings)

@@ -1,0 +1,100 @@
+"""The Temporal codec server: the Web UI sends encrypted payloads here to show them.
+
+``POST /codec/decode`` and ``/codec/encode`` speak Temporal's codec protocol (a JSON
+``{"payloads": [...]}`` in the protobuf JSON mapping). Only operators and compliance
+officers may decode, and every decode is written to the audit log: reading payloads is
+reading customers' data. Browsers reach these routes only from the Temporal Web UI's
+origin (see ``CodecCORS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from google.protobuf import json_format
+from sqlmodel import Session
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+from temporalio.api.common.v1 import Payloads
+
+from api.auth import Principal, require_role
+from api.deps import EngineDep
+from api.errors import ProblemError
+from infra.audit import record_audit_event
+from infra.temporal import EnvelopePayloadCodec
+
+router = APIRouter(prefix="/codec", tags=["codec"])
+
+CodecReader = Annotated[Principal, require_role("operator", "compliance_officer")]
+
+
+class CodecCORS(CORSMiddleware):
+    """CORS for the codec routes only, and only for the Web UI's origins (with credentials)."""
+
+    def __init__(self, app: ASGIApp, *, origins: list[str]) -> None:
+        super().__init__(
+            app,
+            allow_origins=origins,
+            allow_credentials=True,
+            allow_methods=["POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Namespace"],
+            max_age=600,
+        )
+        self._inner = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/codec/"):
+            await super().__call__(scope, receive, send)
+        else:
+            await self._inner(scope, receive, send)
+
+
+async def _payloads(request: Request) -> Payloads:
+    try:
+        return json_format.Parse(await request.body(), Payloads())
+    except json_format.ParseError as exc:
+        raise ProblemError(
+            422, "validation_failed", "Not a payloads document", str(exc),
+            errors=[{"field": "payloads", "code": "invalid", "message": str(exc)}],
+        ) from exc  # fmt: skip
+
+
+def _codec(request: Request) -> EnvelopePayloadCodec:
+    codec: EnvelopePayloadCodec = request.app.state.payload_codec
+    return codec
+
+
+@router.post("/decode")
+async def decode(
+    request: Request,
+    principal: CodecReader,
+    engine: EngineDep,
+    namespace: Annotated[str, Header(alias="X-Namespace")] = "default",
+) -> dict[str, Any]:
+    """Decrypt payloads for a person allowed to read them; audited."""
+    payloads = await _payloads(request)
+    decoded = await _codec(request).decode(payloads.payloads)
+
+    def audit() -> None:
+        with Session(engine) as session:
+            record_audit_event(
+                session,
+                actor=principal.subject,
+                action="codec.decode",
+                subject=f"namespace:{namespace}"[:100],
+                details={"payloads": len(decoded), "username": principal.username},
+            )
+            session.commit()
+
+    await asyncio.to_thread(audit)
+    return json_format.MessageToDict(Payloads(payloads=decoded))
+
+
+@router.post("/encode")
+async def encode(request: Request, principal: CodecReader) -> dict[str, Any]:
+    """Encrypt payloads (the Web UI encodes what an operator sends, e.g. a signal)."""
+    payloads = await _payloads(request)
+    encoded = await _codec(request).encode(payloads.payloads)
+    return json_format.MessageToDict(Payloads(payloads=encoded))

@@ -1,0 +1,23 @@
+"""Small workflows for integration tests (kept free of test imports: Temporal's sandbox
+re-imports this module)."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+
+@workflow.defn(name="TestEchoAfterSignalWorkflow")
+class EchoAfterSignalWorkflow:
+    """Waits for ``release`` and returns its input and the signal's value."""
+
+    def __init__(self) -> None:
+        self._released: str | None = None
+
+    @workflow.signal
+    def release(self, value: str) -> None:
+        self._released = value
+
+    @workflow.run
+    async def run(self, value: str) -> str:
+        await workflow.wait_condition(lambda: self._released is not None)
+        return f"{value}|{self._released}"

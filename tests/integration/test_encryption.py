@@ -1,0 +1,193 @@
+"""Envelope encryption and the Temporal codec, against the real Vault and Temporal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import hvac
+import pytest
+from google.protobuf import json_format
+from sqlalchemy import Engine
+from sqlmodel import Session
+from temporalio.api.common.v1 import Payloads
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from infra.audit import list_audit_events
+from infra.envelope import EnvelopeCipher, EnvelopeError
+from infra.settings import Settings
+from infra.stack.launcher import Stack
+from infra.temporal import connect_temporal
+from infra.vault import connect_vault
+from tests.helpers.logins import Logins
+from tests.helpers.workflows import EchoAfterSignalWorkflow
+
+
+def rotate_platform_key(stack: Stack, settings: Settings) -> int:
+    """Rotate the Transit key as an operator of Vault would (root token: the stack's own)."""
+    root = json.loads(stack.vault.init_file.read_text())["root_token"]
+    admin = hvac.Client(url=settings.vault_url, token=root)
+    admin.secrets.transit.rotate_key(
+        name=settings.vault_transit_key, mount_point=settings.vault_transit_mount
+    )
+    key = admin.secrets.transit.read_key(
+        name=settings.vault_transit_key, mount_point=settings.vault_transit_mount
+    )
+    latest: int = key["data"]["latest_version"]
+    return latest
+
+
+def fresh_cipher(settings: Settings) -> EnvelopeCipher:
+    return EnvelopeCipher(connect_vault(settings), settings)
+
+
+def test_envelopes_round_trip_and_refuse_tampering(settings: Settings) -> None:
+    cipher = fresh_cipher(settings)
+    secret = b"Maria Lindqvist, passport X1234567"
+    envelope = cipher.encrypt(secret)
+    document = json.loads(envelope)
+    assert document["kid"] == settings.vault_transit_key
+    assert document["dk"].startswith(f"vault:v{document['kv']}:")
+    assert b"Lindqvist" not in envelope
+    assert fresh_cipher(settings).decrypt(envelope) == secret  # a cold cache asks Vault
+
+    tampered = json.dumps({**document, "kv": document["kv"] + 1}).encode()
+    with pytest.raises(EnvelopeError):
+        cipher.decrypt(tampered)
+
+
+def test_a_rotated_key_still_decrypts_old_data_and_wraps_new_data(
+    settings: Settings, stack: Stack
+) -> None:
+    before = fresh_cipher(settings).encrypt(b"written before the rotation")
+    old_version = json.loads(before)["kv"]
+    new_version = rotate_platform_key(stack, settings)
+    assert new_version == old_version + 1
+
+    after = fresh_cipher(settings).encrypt(b"written after the rotation")
+    assert json.loads(after)["kv"] == new_version
+    reader = fresh_cipher(settings)
+    assert reader.decrypt(before) == b"written before the rotation"
+    assert reader.decrypt(after) == b"written after the rotation"
+
+
+async def test_temporal_never_sees_plaintext_and_operators_read_it_through_the_codec(
+    settings: Settings,
+    stack: Stack,
+    temporal: Client,
+    api: httpx.AsyncClient,
+    logins: Logins,
+    engine: Engine,
+) -> None:
+    marker = f"PII-MARKER-{uuid.uuid4().hex[:10]}"
+    queue = f"test-codec-{uuid.uuid4().hex[:8]}"
+    workflow_id = f"test-codec-{uuid.uuid4().hex[:8]}"
+    async with Worker(temporal, task_queue=queue, workflows=[EchoAfterSignalWorkflow]):
+        handle = await temporal.start_workflow(
+            EchoAfterSignalWorkflow.run, f"{marker}-input", id=workflow_id, task_queue=queue
+        )
+        # Rotate while the workflow is open: it must finish, and its history still decode.
+        rotate_platform_key(stack, settings)
+        await handle.signal(EchoAfterSignalWorkflow.release, f"{marker}-signal")
+        assert await handle.result() == f"{marker}-input|{marker}-signal"
+
+    # What the Temporal server stores, read without the codec: no plaintext anywhere.
+    shown = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "temporal"),
+            "workflow",
+            "show",
+            "--workflow-id",
+            workflow_id,
+            "--address",
+            settings.temporal_address,
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert workflow_id in shown  # it is the history we think it is
+    assert marker not in shown
+    raw = await connect_temporal(settings)  # no codec
+    history = await raw.get_workflow_handle(workflow_id).fetch_history()
+    assert marker.encode() not in history.to_json().encode()
+
+    # Through the codec server, an operator reads every payload, and that is audited.
+    payloads = [
+        payload
+        for event in history.events
+        for payload in (
+            list(event.workflow_execution_started_event_attributes.input.payloads)
+            + list(event.workflow_execution_signaled_event_attributes.input.payloads)
+            + list(event.workflow_execution_completed_event_attributes.result.payloads)
+        )
+    ]
+    assert len(payloads) == 3
+    body = json_format.MessageToJson(Payloads(payloads=payloads))
+    headers = {"Content-Type": "application/json", "X-Namespace": settings.temporal_namespace}
+    anonymous = await api.post("/codec/decode", content=body, headers=headers)
+    assert anonymous.status_code == 401
+    decoded = await api.post(
+        "/codec/decode", content=body, headers={**headers, **logins.headers("olivia")}
+    )
+    assert decoded.status_code == 200, decoded.text
+    plain = json_format.ParseDict(decoded.json(), Payloads())
+    texts = [json.loads(p.data) for p in plain.payloads]
+    assert texts == [f"{marker}-input", f"{marker}-signal", f"{marker}-input|{marker}-signal"]
+    with Session(engine) as session:
+        audited = list_audit_events(session, subject=f"namespace:{settings.temporal_namespace}")
+    assert any(e.action == "codec.decode" and e.actor == logins.subject("olivia") for e in audited)
+
+
+async def test_only_the_web_ui_origin_gets_cors_and_only_on_the_codec(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,x-namespace",
+    }
+    ui = await api.options(
+        "/codec/decode", headers={"Origin": settings.temporal_ui_url, **preflight}
+    )
+    assert ui.status_code == 200
+    assert ui.headers["access-control-allow-origin"] == settings.temporal_ui_url
+    assert ui.headers["access-control-allow-credentials"] == "true"
+
+    stranger = await api.options(
+        "/codec/decode", headers={"Origin": "http://evil.example", **preflight}
+    )
+    assert "access-control-allow-origin" not in stranger.headers
+    elsewhere = await api.get("/healthz", headers={"Origin": settings.temporal_ui_url})
+    assert "access-control-allow-origin" not in elsewhere.headers
+
+
+def test_a_missing_secret_stops_the_worker_with_one_line(settings: Settings) -> None:
+    assert settings.vault_secret_id is not None
+    env = {
+        **os.environ,
+        "BFC_VAULT_ROLE_ID": settings.vault_role_id or "",
+        "BFC_VAULT_SECRET_ID": settings.vault_secret_id.get_secret_value(),
+        "BFC_VAULT_SECRETS_PATH": "nowhere",
+        "BFC_TASK_QUEUE": f"never-{uuid.uuid4().hex[:6]}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.main"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        f"worker: secret {settings.vault_kv_mount}/nowhere/gateway is missing or not readable"
+    ]
