@@ -49,3 +49,35 @@ ROLL_UP_BALANCES = "roll_up_balances"
 class RollUpResult:
     # How many deferred balance movements were folded into their accounts.
     movements: int
+
+
+# -- identity (Keycloak users of the platform) -------------------------------------------
+CREATE_USER = "create_user"
+ENABLE_USER = "enable_user"
+DISABLE_USER = "disable_user"
+ASSIGN_REALM_ROLE = "assign_realm_role"
+
+
+@dataclass(frozen=True)
+class CreateUserInput:
+    username: str
+    email: str
+    first_name: str
+    last_name: str
+    requested_by: str  # subject id of the person or workflow asking, for the audit log
+
+
+@dataclass(frozen=True)
+class UserChangeInput:
+    user_id: str
+    requested_by: str
+    role: str | None = None  # for assign_realm_role
+
+
+@dataclass(frozen=True)
+class IdentityUser:
+    id: str
+    username: str
+    email: str | None
+    enabled: bool
+    realm_roles: list[str] = field(default_factory=list)

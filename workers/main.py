@@ -26,10 +26,12 @@ from temporalio.client import (
 )
 from temporalio.worker import Worker
 
+from activities.identity import IdentityActivities
 from activities.ledger_maintenance import LedgerMaintenanceActivities
 from activities.platform_check import PlatformCheckActivities
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
+from infra.identity import IdentityDirectory
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings, get_settings
 from infra.temporal import connect_temporal
@@ -61,7 +63,7 @@ async def ensure_schedules(client: Client, settings: Settings) -> None:
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     vault = connect_vault(settings)
-    load_platform_secrets(SecretStore(vault, settings))  # stop now if one is missing
+    secrets = load_platform_secrets(SecretStore(vault, settings))  # stop now if one is missing
     cipher = EnvelopeCipher(vault, settings)
     engine = create_db_engine(settings)
     ledger_pool = create_ledger_pool(settings)
@@ -69,6 +71,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     checks = PlatformCheckActivities(engine, SecretStore(vault, settings))
     ledger = LedgerStore(ledger_pool)
     maintenance = LedgerMaintenanceActivities(ledger)
+    identity = IdentityActivities(
+        IdentityDirectory.connect(
+            settings,
+            client_id=secrets["keycloak"]["client_id"],
+            client_secret=secrets["keycloak"]["client_secret"],
+        ),
+        engine,
+    )
     client = await connect_temporal(settings, cipher)
     await ensure_schedules(client, settings)
     try:
@@ -81,6 +91,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     checks.check_database,
                     checks.check_secrets,
                     maintenance.roll_up_balances,
+                    identity.create_user,
+                    identity.enable_user,
+                    identity.disable_user,
+                    identity.assign_realm_role,
                 ],
                 activity_executor=pool,
             )

@@ -1,0 +1,103 @@
+"""The realm's users, managed through Keycloak's admin API with the bfc-app service account.
+
+Every operation is idempotent, so the activities that call it can be retried freely:
+creating a user that exists returns it, enabling an enabled user changes nothing, assigning
+a role the user has is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
+
+from infra.settings import Settings
+from models.contracts import IdentityUser
+
+# Roles the platform's own processes may hand out. admin and operator are granted by people.
+ASSIGNABLE_ROLES = frozenset({"customer"})
+
+
+class UnknownUser(LookupError):
+    pass
+
+
+class IdentityDirectory:
+    def __init__(self, admin: KeycloakAdmin) -> None:
+        self._admin = admin
+
+    @classmethod
+    def connect(
+        cls, settings: Settings, *, client_id: str, client_secret: str
+    ) -> IdentityDirectory:
+        connection = KeycloakOpenIDConnection(
+            server_url=settings.keycloak_url,
+            realm_name=settings.keycloak_realm,
+            client_id=client_id,
+            client_secret_key=client_secret,
+            timeout=10,
+        )
+        return cls(KeycloakAdmin(connection=connection))
+
+    def _user(self, representation: dict[str, Any]) -> IdentityUser:
+        user_id = representation["id"]
+        roles = sorted(r["name"] for r in self._admin.get_realm_roles_of_user(user_id))
+        return IdentityUser(
+            id=user_id,
+            username=representation["username"],
+            email=representation.get("email"),
+            enabled=bool(representation.get("enabled")),
+            realm_roles=roles,
+        )
+
+    def get(self, user_id: str) -> IdentityUser:
+        try:
+            return self._user(self._admin.get_user(user_id))
+        except Exception as exc:  # python-keycloak raises KeycloakGetError on 404
+            raise UnknownUser(user_id) from exc
+
+    def find(self, *, username: str | None = None, email: str | None = None) -> IdentityUser | None:
+        query: dict[str, Any] = {"exact": True}
+        if username is not None:
+            query["username"] = username
+        if email is not None:
+            query["email"] = email
+        matches = self._admin.get_users(query)
+        return self._user(matches[0]) if matches else None
+
+    def create_disabled_user(
+        self, *, username: str, email: str, first_name: str, last_name: str
+    ) -> IdentityUser:
+        """Create the user, disabled: they can log in only once they are approved."""
+        existing = self.find(username=username)
+        if existing is not None:
+            return existing
+        user_id = self._admin.create_user(
+            {
+                "username": username,
+                "email": email,
+                "firstName": first_name,
+                "lastName": last_name,
+                "enabled": False,
+                "emailVerified": False,
+            },
+            exist_ok=True,
+        )
+        return self.get(user_id)
+
+    def set_enabled(self, user_id: str, *, enabled: bool) -> IdentityUser:
+        self._admin.update_user(user_id, {"enabled": enabled})
+        return self.get(user_id)
+
+    def assign_realm_role(self, user_id: str, role: str) -> IdentityUser:
+        if role not in ASSIGNABLE_ROLES:
+            raise PermissionError(f"the platform does not grant the role {role!r}")
+        user = self.get(user_id)
+        if role not in user.realm_roles:
+            self._admin.assign_realm_roles(user_id, [self._admin.get_realm_role(role)])
+            user = self.get(user_id)
+        return user
+
+    def delete_user(self, user_id: str) -> None:
+        """For tests and data-protection erasure only."""
+        self._admin.delete_user(user_id)
