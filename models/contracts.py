@@ -81,3 +81,27 @@ class IdentityUser:
     email: str | None
     enabled: bool
     realm_roles: list[str] = field(default_factory=list)
+
+
+# -- customers ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Address:
+    line1: str
+    city: str
+    postal_code: str
+    country: str
+    line2: str | None = None
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """Everything that identifies a person; stored only encrypted (infra.customer_store)."""
+
+    given_name: str
+    family_name: str
+    date_of_birth: str  # ISO 8601 date
+    email: str
+    phone: str
+    address: Address
+    document_type: str
+    document_number: str

@@ -27,3 +27,19 @@ class AuditEvent(SQLModel, table=True):
     details: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
     )
+
+
+class CustomerRow(SQLModel, table=True):
+    """A customer. ``pii`` holds their personal data as an envelope, never in the clear."""
+
+    __tablename__ = "customers"
+
+    id: str = Field(primary_key=True, max_length=40)
+    user_id: str | None = Field(default=None, max_length=64, unique=True)
+    status: str = Field(max_length=30)
+    country: str = Field(max_length=2)
+    pii: bytes
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
