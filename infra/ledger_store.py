@@ -1,9 +1,11 @@
 """The ledger's Python side: one round trip per batch of transfers, errors by name.
 
 The rules themselves live in PostgreSQL (``infra/migrations/versions/0002_ledger.py``);
-this module speaks to them. ``submit`` sends a linked batch to ``ledger_submit`` and turns
-its answer into results or a named ``LedgerError``. Deadlocks and a concurrent request with
-the same id are retried here with jittered backoff, so callers never see them.
+this module speaks to them. ``submit`` hands a linked batch to the group committer
+(``infra.ledger_group_commit``: requests that arrive together share one round trip to
+``ledger_submit_group``) and turns its answer into results or a named ``LedgerError``.
+Deadlocks and a concurrent request with the same id are retried with jittered backoff, so
+callers never see them.
 """
 
 from __future__ import annotations
