@@ -12,11 +12,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Cookie, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ProblemError
 from infra.keycloak import InvalidToken, TokenVerifier
+
+SESSION_COOKIE = "bfc_session"
 
 STAFF_ROLES = frozenset({"operator", "admin"})
 
@@ -51,13 +53,20 @@ def _unauthenticated(detail: str) -> ProblemError:
 async def current_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    session: Annotated[str | None, Cookie(alias=SESSION_COOKIE)] = None,
 ) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        raw = credentials.credentials
+    elif session and request.url.path.startswith("/codec/"):
+        # People in the Temporal Web UI: the sign-in cookie (api/routes/session.py), which
+        # the browser sends only to /codec.
+        raw = session
+    else:
         raise _unauthenticated("a bearer token from the bfc realm is required")
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
         # Off the event loop: a first use or an unknown key id fetches the realm's JWKS.
-        token = await asyncio.to_thread(verifier.verify, credentials.credentials)
+        token = await asyncio.to_thread(verifier.verify, raw)
     except InvalidToken as exc:
         raise _unauthenticated(f"invalid token: {exc}") from exc
     return Principal(

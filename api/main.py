@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
-from api.routes import accounts, codec, health, ledger
+from api.routes import accounts, codec, health, ledger, session
 from api.routes.codec import CodecCORS
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
@@ -37,12 +37,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         try:
             vault = connect_vault(settings)
-            load_platform_secrets(SecretStore(vault, settings))
+            platform_secrets = load_platform_secrets(SecretStore(vault, settings))
         except SecretsUnavailable as exc:
             # One line a person can act on, then stop: serving without secrets helps no one.
             print(f"api: {exc}", file=sys.stderr)  # noqa: T201
             raise SystemExit(1) from None
         cipher = EnvelopeCipher(vault, settings)
+        app.state.session_key = platform_secrets["api"]["session_signing_key"].encode()
+        app.state.codec_origins = codec_origins(settings)
         app.state.payload_codec = EnvelopePayloadCodec(cipher)
         app.state.engine = create_db_engine(settings)
         app.state.temporal = TemporalHolder(settings, cipher)
@@ -69,4 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(ledger.router)
     app.include_router(codec.router)
+    app.include_router(session.router)
     return app

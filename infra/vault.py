@@ -100,6 +100,7 @@ REQUIRED_SECRETS: dict[str, tuple[str, ...]] = {
     "webhooks": ("signing_secret",),
     "smtp": ("username", "password"),
     "keycloak": ("client_id", "client_secret"),
+    "api": ("session_signing_key",),
 }
 
 

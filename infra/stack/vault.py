@@ -37,6 +37,7 @@ DEV_SECRETS: dict[str, dict[str, str]] = {
     "smtp": {"username": "bfc-dev", "password": ""},
     # Must match the realm file in infra/deploy/keycloak/ (dev only).
     "keycloak": {"client_id": "bfc-app", "client_secret": "dev-bfc-app-secret"},
+    "api": {"session_signing_key": ""},
 }
 
 
