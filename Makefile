@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test stop install lint unit status bench
+.PHONY: run test stop install lint unit status bench browser
 
 run: install ## create .venv, install, start everything (idempotent)
 	$(BIN)/bfc up
@@ -32,7 +32,13 @@ lint: install ## ruff, mypy (strict for app code), import-linter contracts
 unit: install ## the fast tests only, no stack
 	$(BIN)/pytest tests/unit tests/workflows
 
-test: lint ## the whole suite; starts the stack it needs and stops what it started
+# Debian's Chromium for the Web UI test (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: sudo apt-get install chromium (the Web UI test skips without it)"; fi; }
+
+test: lint browser ## the whole suite; starts the stack it needs and stops what it started
 	$(BIN)/pytest
 
 bench: install ## benchmarks against the running stack (`make run` first); never a test

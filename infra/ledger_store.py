@@ -282,15 +282,22 @@ class LedgerStore:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 """
-                SELECT currency, sum(debits_posted)::bigint AS debits_posted,
-                       sum(credits_posted)::bigint AS credits_posted,
-                       sum(debits_pending)::bigint AS debits_pending,
-                       sum(credits_pending)::bigint AS credits_pending
+                -- numeric sums: each balance fits 64 bits, their total need not
+                SELECT currency, sum(debits_posted) AS debits_posted,
+                       sum(credits_posted) AS credits_posted,
+                       sum(debits_pending) AS debits_pending,
+                       sum(credits_pending) AS credits_pending
                 FROM ledger_account_balances GROUP BY currency ORDER BY currency
                 """
             )
             return [
-                TrialBalanceLine(**{**row, "currency": row["currency"].strip()})
+                TrialBalanceLine(
+                    currency=row["currency"].strip(),
+                    debits_posted=int(row["debits_posted"]),
+                    credits_posted=int(row["credits_posted"]),
+                    debits_pending=int(row["debits_pending"]),
+                    credits_pending=int(row["credits_pending"]),
+                )
                 for row in await cur.fetchall()
             ]
 
