@@ -4,6 +4,7 @@ re-imports this module)."""
 from __future__ import annotations
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 
 @workflow.defn(name="TestEchoAfterSignalWorkflow")
@@ -21,3 +22,12 @@ class EchoAfterSignalWorkflow:
     async def run(self, value: str) -> str:
         await workflow.wait_condition(lambda: self._released is not None)
         return f"{value}|{self._released}"
+
+
+@workflow.defn(name="TestFailWithMessageWorkflow")
+class FailWithMessageWorkflow:
+    """Fails with its input as the failure message (business data does end up in errors)."""
+
+    @workflow.run
+    async def run(self, message: str) -> None:
+        raise ApplicationError(message, non_retryable=True)

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.api.common.v1 import Payloads
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from infra.audit import list_audit_events
@@ -26,7 +26,7 @@ from infra.stack.launcher import Stack
 from infra.temporal import connect_temporal
 from infra.vault import connect_vault
 from tests.helpers.logins import Logins
-from tests.helpers.workflows import EchoAfterSignalWorkflow
+from tests.helpers.workflows import EchoAfterSignalWorkflow, FailWithMessageWorkflow
 
 
 def rotate_platform_key(stack: Stack, settings: Settings) -> int:
@@ -145,6 +145,24 @@ async def test_temporal_never_sees_plaintext_and_operators_read_it_through_the_c
     with Session(engine) as session:
         audited = list_audit_events(session, subject=f"namespace:{settings.temporal_namespace}")
     assert any(e.action == "codec.decode" and e.actor == logins.subject("olivia") for e in audited)
+
+
+async def test_failure_messages_are_encrypted_too(
+    settings: Settings, temporal: Client, unique: str
+) -> None:
+    marker = f"PII-MARKER-{unique}-in-an-error"
+    queue = f"test-failure-{unique}"
+    async with Worker(temporal, task_queue=queue, workflows=[FailWithMessageWorkflow]):
+        handle = await temporal.start_workflow(
+            FailWithMessageWorkflow.run, marker, id=f"test-failure-{unique}", task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failed:
+            await handle.result()
+    assert marker in str(failed.value.cause)  # the codec client reads the message back
+    history = (
+        await (await connect_temporal(settings)).get_workflow_handle(handle.id).fetch_history()
+    )
+    assert marker not in history.to_json()  # the server stored it encrypted
 
 
 async def test_only_the_web_ui_origin_gets_cors_and_only_on_the_codec(

@@ -95,7 +95,12 @@ async def test_a_customer_sees_only_their_own_accounts(
     assert alice_wallet["id"] in ids
     assert bob_wallet["id"] not in ids
 
-    for path in (f"/v1/accounts/{bob_wallet['id']}", f"/v1/accounts/{bob_wallet['id']}/entries"):
+    bob_paths = (
+        f"/v1/accounts/{bob_wallet['id']}",
+        f"/v1/accounts/{bob_wallet['id']}/entries",
+        f"/v1/accounts/{bob_wallet['id']}/balance?as_of=2026-01-01T00:00:00Z",
+    )
+    for path in bob_paths:
         other = await api.get(path, headers=logins.headers("alice"))
         missing = await api.get(path.replace(str(bob_wallet["id"]), "acc_nothing"),
                                 headers=logins.headers("alice"))  # fmt: skip
