@@ -29,6 +29,7 @@ from temporalio.worker import Worker
 from activities.identity import IdentityActivities
 from activities.ledger_maintenance import LedgerMaintenanceActivities
 from activities.platform_check import PlatformCheckActivities
+from activities.review import ReviewActivities
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
 from infra.identity import IdentityDirectory
@@ -39,6 +40,7 @@ from infra.vault import SecretStore, SecretsUnavailable, connect_vault, load_pla
 from models.contracts import LEDGER_ROLL_UP_SCHEDULE
 from workflows.ledger_maintenance import LedgerRollUpWorkflow
 from workflows.platform_check import PlatformCheckWorkflow
+from workflows.review import ComplianceReviewWorkflow
 
 log = logging.getLogger("bfc.worker")
 
@@ -71,6 +73,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     checks = PlatformCheckActivities(engine, SecretStore(vault, settings))
     ledger = LedgerStore(ledger_pool)
     maintenance = LedgerMaintenanceActivities(ledger)
+    reviews = ReviewActivities(engine)
     identity = IdentityActivities(
         IdentityDirectory.connect(
             settings,
@@ -86,7 +89,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             worker = Worker(
                 client,
                 task_queue=settings.task_queue,
-                workflows=[PlatformCheckWorkflow, LedgerRollUpWorkflow],
+                workflows=[PlatformCheckWorkflow, LedgerRollUpWorkflow, ComplianceReviewWorkflow],
                 activities=[
                     checks.check_database,
                     checks.check_secrets,
@@ -95,6 +98,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     identity.enable_user,
                     identity.disable_user,
                     identity.assign_realm_role,
+                    reviews.record_review_event,
                 ],
                 activity_executor=pool,
             )

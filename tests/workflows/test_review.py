@@ -1,0 +1,194 @@
+"""ComplianceReviewWorkflow on the time-skipping test server: SLA timers, validators,
+four-eyes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from models.review import (
+    RECORD_REVIEW_EVENT,
+    Actor,
+    AssignInput,
+    DecideInput,
+    OpenReviewInput,
+    ReviewEvent,
+    ReviewOutcome,
+    ReviewReason,
+    SlaPolicy,
+)
+from workflows.review import ComplianceReviewWorkflow
+
+CAROL = Actor(subject="sub-carol", username="carol", roles=["compliance_officer"])
+CORA = Actor(subject="sub-cora", username="cora", roles=["compliance_officer"])
+OLIVIA = Actor(subject="sub-olivia", username="olivia", roles=["operator"])
+CUSTOMER = "sub-alice"
+SLA = SlaPolicy(
+    first_escalation_seconds=4 * 3600, second_escalation_seconds=24 * 3600, expiry_seconds=72 * 3600
+)
+
+events: list[ReviewEvent] = []
+
+
+@activity.defn(name=RECORD_REVIEW_EVENT)
+async def remember(event: ReviewEvent) -> None:
+    events.append(event)
+
+
+@pytest.fixture
+async def queue(workflow_env: WorkflowEnvironment) -> AsyncIterator[str]:
+    events.clear()
+    name = f"review-{uuid.uuid4()}"
+    async with Worker(
+        workflow_env.client,
+        task_queue=name,
+        workflows=[ComplianceReviewWorkflow],
+        activities=[remember],
+    ):
+        yield name
+
+
+async def open_case(
+    env: WorkflowEnvironment, queue: str, *, approvals: int = 1
+) -> WorkflowHandle[ComplianceReviewWorkflow, ReviewOutcome]:
+    review_id = f"rev_{uuid.uuid4().hex}"
+    return await env.client.start_workflow(
+        ComplianceReviewWorkflow.run,
+        OpenReviewInput(
+            review_id=review_id,
+            kind="payment",
+            subject_id="pay_test",
+            customer_subject=CUSTOMER,
+            reasons=[
+                ReviewReason(code="amount_over_review_threshold", evidence={"amount": 250000})
+            ],
+            required_approvals=approvals,
+            amount_minor=250_000,
+            currency="EUR",
+            sla=SLA,
+        ),
+        id=review_id,
+        task_queue=queue,
+    )
+
+
+def actions() -> list[str]:
+    return [e.action for e in events]
+
+
+async def test_each_sla_stage_fires_once_in_order_then_the_default_applies(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    handle = await open_case(workflow_env, queue)
+    outcome = await handle.result()  # time skips through all three deadlines
+    assert outcome.outcome == "rejected"
+    assert outcome.sla_expired is True
+    assert outcome.decided_by == []
+    assert actions() == [
+        "review.opened",
+        "review.escalated",
+        "review.escalated",
+        "review.sla_expired",
+    ]
+
+
+async def test_a_decision_before_the_deadline_cancels_the_later_timers(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    handle = await open_case(workflow_env, queue)
+    await workflow_env.sleep(timedelta(hours=5))  # past the first deadline only
+    state = await handle.execute_update(
+        ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="source of funds ok")
+    )
+    assert state.status == "approved"
+    outcome = await handle.result()
+    assert (outcome.outcome, outcome.sla_expired, outcome.decided_by) == (
+        "approved",
+        False,
+        ["sub-carol"],
+    )
+    assert actions() == ["review.opened", "review.escalated", "review.approved"]
+
+
+async def test_four_eyes_needs_two_different_officers(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    handle = await open_case(workflow_env, queue, approvals=2)
+    first = await handle.execute_update(
+        ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="looks fine")
+    )
+    assert (first.status, first.approvals) == ("open", ["sub-carol"])
+    with pytest.raises(WorkflowUpdateFailedError) as twice:
+        await handle.execute_update(
+            ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="again")
+        )
+    assert twice.value.cause.type == "AlreadyApproved"  # type: ignore[attr-defined]
+    await handle.execute_update(
+        ComplianceReviewWorkflow.approve, DecideInput(actor=CORA, reason="agreed")
+    )
+    outcome = await handle.result()
+    assert (outcome.outcome, outcome.decided_by) == ("approved", ["sub-carol", "sub-cora"])
+
+
+@pytest.mark.parametrize(
+    ("actor", "refusal"),
+    [
+        (OLIVIA, "NotAnOfficer"),
+        (Actor(subject=CUSTOMER, username="alice", roles=["compliance_officer"]), "OwnCase"),
+    ],
+)
+async def test_refused_decisions_leave_nothing_in_history(
+    workflow_env: WorkflowEnvironment, queue: str, actor: Actor, refusal: str
+) -> None:
+    handle = await open_case(workflow_env, queue)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(
+            ComplianceReviewWorkflow.reject, DecideInput(actor=actor, reason="no")
+        )
+    assert refused.value.cause.type == refusal  # type: ignore[attr-defined]
+    history = await handle.fetch_history()
+    # A validator's refusal is never written: no update was admitted or accepted.
+    assert not [e for e in history.events if "UPDATE" in EventType.Name(e.event_type)]
+    await handle.terminate("test done")
+
+
+async def test_a_closed_case_takes_no_more_decisions(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    handle = await open_case(workflow_env, queue)
+    await handle.execute_update(
+        ComplianceReviewWorkflow.reject, DecideInput(actor=CAROL, reason="mismatch")
+    )
+    assert (await handle.result()).outcome == "rejected"
+    # Closed is final: the validator refuses while the case finishes its last step
+    # (CaseClosed), and Temporal refuses any update once the workflow has completed.
+    with pytest.raises((WorkflowUpdateFailedError, RPCError)):
+        await handle.execute_update(
+            ComplianceReviewWorkflow.approve, DecideInput(actor=CORA, reason="too late")
+        )
+    assert (await handle.result()).outcome == "rejected"
+
+
+async def test_only_a_supervisor_assigns_to_someone_else(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    handle = await open_case(workflow_env, queue)
+    mine = await handle.execute_update(
+        ComplianceReviewWorkflow.assign, AssignInput(actor=CAROL, assignee=CAROL.subject)
+    )
+    assert mine.assignee == CAROL.subject
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(
+            ComplianceReviewWorkflow.assign, AssignInput(actor=CAROL, assignee=CORA.subject)
+        )
+    assert refused.value.cause.type == "NotASupervisor"  # type: ignore[attr-defined]
+    await handle.terminate("test done")
