@@ -17,6 +17,18 @@ from infra.stack.process import ProcessTable, port_is_open
 from infra.stack.temporal import TemporalService
 
 
+def _wait_exit(pid: int) -> None:
+    """Reap our child, or, when another part of the test process already reaped it (an
+    event loop's child watcher does), wait until it is gone."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        deadline = time.monotonic() + 5
+        while not _gone(pid):
+            assert time.monotonic() < deadline, f"process {pid} did not exit"
+            time.sleep(0.02)
+
+
 def _gone(pid: int) -> bool:
     try:
         return not Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -46,7 +58,7 @@ def test_stop_ends_the_process_and_its_children(tmp_path: Path) -> None:
 def test_a_record_of_a_dead_or_reused_pid_counts_as_not_running(tmp_path: Path) -> None:
     table = ProcessTable(tmp_path)
     record = table.start("short", ["/bin/true"])
-    os.waitpid(record.pid, 0)
+    _wait_exit(record.pid)
     assert table.get("short") is None
     assert not (tmp_path / "run" / "short.json").exists()
 
@@ -79,7 +91,7 @@ def test_logs_keep_what_each_start_printed(tmp_path: Path) -> None:
     table = ProcessTable(tmp_path)
     for word in ("first", "second"):
         record = table.start("echo", ["/bin/echo", word])
-        os.waitpid(record.pid, 0)
+        _wait_exit(record.pid)
     log = table.log_path("echo").read_text()
     assert log.index("first") < log.index("second")
 
