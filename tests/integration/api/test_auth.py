@@ -134,10 +134,10 @@ async def test_the_token_matrix(
     ).json()["access_token"]
     await assert_refused(strict_api, master, "issued by another realm")
 
-    short = login_with(settings, temporary_client(audience=True, lifespan_seconds=1))
+    short = login_with(settings, temporary_client(audience=True, lifespan_seconds=5))
     fresh = await strict_api.get("/v1/accounts", headers={"Authorization": f"Bearer {short}"})
     assert fresh.status_code == 200
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(6)  # past its five seconds, with no leeway
     await assert_refused(strict_api, short, "expired")
 
 
