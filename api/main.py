@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
-from api.routes import accounts, codec, health, ledger, session
+from api.routes import accounts, codec, health, ledger, reviews, session
 from api.routes.codec import CodecCORS
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(accounts.router)
     app.include_router(ledger.router)
+    app.include_router(reviews.router)
     app.include_router(codec.router)
     app.include_router(session.router)
     return app

@@ -89,6 +89,11 @@ class DecisionRecord:
 @dataclass(frozen=True)
 class ReviewState:
     review_id: str
+    kind: ReviewKind
+    subject_id: str
+    reasons: list[ReviewReason]
+    amount_minor: int | None
+    currency: str | None
     status: ReviewStatusName
     assignee: str | None
     approvals: list[str]

@@ -191,6 +191,11 @@ class ComplianceReviewWorkflow:
     def _state(self) -> ReviewState:
         return ReviewState(
             review_id=self._case.review_id,
+            kind=self._case.kind,
+            subject_id=self._case.subject_id,
+            reasons=list(self._case.reasons),
+            amount_minor=self._case.amount_minor,
+            currency=self._case.currency,
             status=self._status,
             assignee=self._assignee,
             approvals=list(self._approvals),

@@ -153,6 +153,10 @@ ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/ledger/accounts"): STAFF,
     ("POST", "/v1/ledger/transfers"): STAFF,
     ("GET", "/v1/ledger/trial-balance"): STAFF,
+    ("GET", "/v1/reviews"): {"olivia", "carol", "cora"},
+    ("GET", "/v1/reviews/rev_nothing"): {"olivia", "carol", "cora"},
+    ("POST", "/v1/reviews/rev_nothing/decision"): {"carol", "cora"},
+    ("POST", "/v1/reviews/rev_nothing/assign"): {"carol", "cora"},
     ("POST", "/codec/decode"): READERS_OF_PAYLOADS,
     ("POST", "/codec/encode"): READERS_OF_PAYLOADS,
 }
@@ -185,7 +189,15 @@ def test_the_matrix_covers_every_route() -> None:
         for method in operations
         if path.startswith(("/v1/", "/codec/"))
     }
-    covered = {(m, p.split("?")[0].replace("acc_nothing", "{account_id}")) for m, p in ROLE_MATRIX}
+    covered = {
+        (
+            m,
+            p.split("?")[0]
+            .replace("acc_nothing", "{account_id}")
+            .replace("rev_nothing", "{review_id}"),
+        )
+        for m, p in ROLE_MATRIX
+    }
     assert routes == covered
 
 

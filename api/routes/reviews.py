@@ -1,0 +1,176 @@
+"""Compliance review cases for officers: the queue, a case, decisions, assignment.
+
+The queue comes from Temporal visibility (search attributes ``ReviewStatus``, ``ReviewKind``,
+``ReviewDueAt``), not from a read model: the case workflow is the one source of truth. A
+case's details come from its ``get_case`` query; decisions are Updates whose validators
+answer synchronously (refusals map to 403/409 with the workflow's reason).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import SearchAttributeKey
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.auth import Principal, require_role
+from api.deps import TemporalClientDep
+from api.errors import ProblemError
+from models.review import REVIEW_WORKFLOW, Actor, AssignInput, DecideInput, ReviewState
+
+router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
+
+Officer = Annotated[Principal, require_role("compliance_officer")]
+Reader = Annotated[Principal, require_role("compliance_officer", "operator")]
+
+OPEN_STATUSES = ("open", "escalated", "info_requested")
+QUEUE_LIMIT = 1000  # the queue is read whole and sorted by due time; far above a real backlog
+_REFUSALS = {
+    "NotAnOfficer": (403, "not_an_officer"),
+    "OwnCase": (403, "own_case"),
+    "NotASupervisor": (403, "not_a_supervisor"),
+    "AlreadyApproved": (409, "already_approved"),
+    "CaseClosed": (409, "case_closed"),
+}
+
+
+class ReviewSummary(BaseModel):
+    review_id: str
+    kind: str | None
+    status: str | None
+    assignee: str | None
+    due_at: datetime | None
+    escalations: int | None
+
+
+class ReviewQueue(BaseModel):
+    data: list[ReviewSummary]
+    next_cursor: str | None
+
+
+class DecisionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["approve", "reject", "request_info"]
+    reason: str = Field(min_length=3, max_length=1000)
+
+
+class AssignCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    assignee: str | None = Field(default=None, max_length=64, description="default: yourself")
+
+
+def _actor(principal: Principal) -> Actor:
+    return Actor(
+        subject=principal.subject, username=principal.username, roles=sorted(principal.roles)
+    )
+
+
+def _temporal(client: Client | None) -> Client:
+    if client is None:
+        raise ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
+    return client
+
+
+@router.get("", response_model=ReviewQueue)
+async def list_reviews(  # noqa: PLR0917 - FastAPI passes query parameters by name
+    principal: Reader,
+    temporal: TemporalClientDep,
+    status: Literal["open", "closed"] = "open",
+    kind: Literal["payment", "onboarding"] | None = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,6}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ReviewQueue:
+    """The queue, oldest due first (from Temporal visibility)."""
+    client = _temporal(temporal)
+    statuses = OPEN_STATUSES if status == "open" else ("approved", "rejected")
+    wanted = ", ".join(f"'{name}'" for name in statuses)
+    query = f"WorkflowType = '{REVIEW_WORKFLOW}' AND ReviewStatus IN ({wanted})"
+    if kind is not None:
+        query += f" AND ReviewKind = '{kind}'"
+    cases: list[ReviewSummary] = []
+    async for execution in client.list_workflows(query, limit=QUEUE_LIMIT):
+        attributes = execution.typed_search_attributes
+        cases.append(
+            ReviewSummary(
+                review_id=execution.id,
+                kind=attributes.get(SearchAttributeKey.for_keyword("ReviewKind")),
+                status=attributes.get(SearchAttributeKey.for_keyword("ReviewStatus")),
+                assignee=attributes.get(SearchAttributeKey.for_keyword("ReviewAssignee")),
+                due_at=attributes.get(SearchAttributeKey.for_datetime("ReviewDueAt")),
+                escalations=attributes.get(SearchAttributeKey.for_int("ReviewEscalations")),
+            )
+        )
+    cases.sort(
+        key=lambda c: (c.due_at is None, c.due_at or datetime.max.replace(tzinfo=UTC), c.review_id)
+    )
+    start = int(cursor or 0)
+    page = cases[start : start + limit]
+    more = start + limit < len(cases)
+    return ReviewQueue(data=page, next_cursor=str(start + limit) if more else None)
+
+
+async def _case(client: Client, review_id: str) -> ReviewState:
+    handle = client.get_workflow_handle(review_id)
+    try:
+        description = await handle.describe()
+        if description.workflow_type != REVIEW_WORKFLOW:
+            raise ProblemError(404, "review_not_found", "No such review", review_id)
+        state: ReviewState = await handle.query("get_case", result_type=ReviewState)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ProblemError(404, "review_not_found", "No such review", review_id) from exc
+        raise
+    return state
+
+
+@router.get("/{review_id}", response_model=None)
+async def get_review(review_id: str, principal: Reader, temporal: TemporalClientDep) -> ReviewState:
+    """The case: subject, reasons, evidence, history of decisions, due time."""
+    return await _case(_temporal(temporal), review_id)
+
+
+async def _update(
+    client: Client, review_id: str, name: str, arg: object, key: str | None
+) -> ReviewState:
+    await _case(client, review_id)  # 404 before anything else
+    handle = client.get_workflow_handle(review_id)
+    try:
+        state: ReviewState = await handle.execute_update(name, arg, id=key, result_type=ReviewState)
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type in _REFUSALS:
+            status, code = _REFUSALS[cause.type]
+            raise ProblemError(status, code, "The case refused this", cause.message) from exc
+        raise
+    except RPCError as exc:  # the workflow has completed: the case is closed
+        raise ProblemError(
+            409, "case_closed", "The case refused this", "the case is closed"
+        ) from exc
+    return state
+
+
+@router.post("/{review_id}/decision", response_model=None)
+async def decide(
+    review_id: str,
+    body: DecisionCreate,
+    principal: Officer,
+    temporal: TemporalClientDep,
+    key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> ReviewState:
+    """Approve, reject or ask for information; answers with the case after the decision."""
+    request = DecideInput(actor=_actor(principal), reason=body.reason)
+    return await _update(_temporal(temporal), review_id, body.decision, request, key)
+
+
+@router.post("/{review_id}/assign", response_model=None)
+async def assign(
+    review_id: str, body: AssignCreate, principal: Officer, temporal: TemporalClientDep
+) -> ReviewState:
+    """Take the case, or (supervisor) hand it to another officer."""
+    request = AssignInput(actor=_actor(principal), assignee=body.assignee or principal.subject)
+    return await _update(_temporal(temporal), review_id, "assign", request, None)

@@ -1,0 +1,83 @@
+"""An officer's path through the API: the queue, a case, four-eyes decisions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from temporalio.client import Client
+
+from infra.settings import Settings
+from models.ids import new_id
+from models.review import OpenReviewInput, ReviewReason, SlaPolicy
+from tests.helpers.logins import Logins
+from workflows.review import ComplianceReviewWorkflow
+
+
+async def test_two_officers_decide_a_four_eyes_case(
+    api: httpx.AsyncClient, temporal: Client, settings: Settings, logins: Logins
+) -> None:
+    review_id = new_id("rev")
+    await temporal.start_workflow(
+        ComplianceReviewWorkflow.run,
+        OpenReviewInput(
+            review_id=review_id,
+            kind="payment",
+            subject_id=new_id("pay"),
+            customer_subject=logins.subject("alice"),
+            reasons=[
+                ReviewReason(code="amount_over_review_threshold", evidence={"amount": 150000})
+            ],
+            required_approvals=2,
+            amount_minor=150_000,
+            currency="EUR",
+            sla=SlaPolicy(),
+        ),
+        id=review_id,
+        task_queue=settings.task_queue,
+    )
+
+    for _ in range(50):  # visibility catches up within moments
+        queue = await api.get(
+            "/v1/reviews", params={"kind": "payment"}, headers=logins.headers("carol")
+        )
+        if review_id in {c["review_id"] for c in queue.json()["data"]}:
+            break
+        await asyncio.sleep(0.2)
+    listed = {c["review_id"]: c for c in queue.json()["data"]}
+    assert listed[review_id]["status"] == "open"
+    assert listed[review_id]["due_at"] is not None
+
+    case = await api.get(f"/v1/reviews/{review_id}", headers=logins.headers("olivia"))
+    assert case.status_code == 200
+    assert case.json()["reasons"][0]["code"] == "amount_over_review_threshold"
+
+    path = f"/v1/reviews/{review_id}/decision"
+    approve = {"decision": "approve", "reason": "source of funds verified"}
+    first = await api.post(path, json=approve, headers=logins.headers("carol"))
+    assert first.status_code == 200, first.text
+    assert (first.json()["status"], len(first.json()["approvals"])) == ("open", 1)
+
+    again = await api.post(path, json=approve, headers=logins.headers("carol"))
+    assert again.status_code == 409
+    assert again.json()["code"] == "already_approved"
+    operator = await api.post(path, json=approve, headers=logins.headers("olivia"))
+    assert operator.status_code == 403  # operators read cases, officers decide them
+    customer = await api.get("/v1/reviews", headers=logins.headers("alice"))
+    assert customer.status_code == 403
+
+    second = await api.post(path, json=approve, headers=logins.headers("cora"))
+    assert second.status_code == 200
+    assert second.json()["status"] == "approved"
+    outcome = await temporal.get_workflow_handle(review_id).result()
+    assert outcome["outcome"] == "approved"
+
+    late = await api.post(path, json=approve, headers=logins.headers("cora"))
+    assert late.status_code == 409
+    assert late.json()["code"] in {"case_closed", "already_approved"}
+
+
+async def test_an_unknown_case_is_not_found(api: httpx.AsyncClient, logins: Logins) -> None:
+    response = await api.get("/v1/reviews/rev_nothing", headers=logins.headers("carol"))
+    assert response.status_code == 404
+    assert response.json()["code"] == "review_not_found"
