@@ -1,0 +1,29 @@
+"""Recorded histories still replay against today's workflow code.
+
+A change that would make a running case take a different path (a reordered activity, a
+new timer without ``workflow.patched``) fails here before it reaches a worker. To record
+a new history, run a case to completion and save ``(await handle.fetch_history()).to_json()``
+under ``histories/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from workflows.review import ComplianceReviewWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+@pytest.mark.parametrize("history", HISTORIES, ids=[h.stem for h in HISTORIES])
+async def test_recorded_history_replays(history: Path) -> None:
+    replayer = Replayer(workflows=[ComplianceReviewWorkflow])
+    await replayer.replay_workflow(WorkflowHistory.from_json(history.stem, history.read_text()))
+
+
+def test_there_is_a_full_review_case_to_replay() -> None:
+    assert any(h.stem == "review_full_case" for h in HISTORIES)
