@@ -28,12 +28,16 @@ class ProcessRecord:
 
     def is_alive(self) -> bool:
         try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
         except OSError:
             return False
-        if not cmdline:  # a zombie: exited, not yet reaped
+        # The state follows the command name in parentheses: Z (zombie) or X (dead) has
+        # exited, whether or not anyone has reaped it yet.
+        if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):
             return False
-        return os.path.basename(self.executable).encode() in cmdline
+        # An empty command line is a process between fork and exec: still the one we started.
+        return not cmdline or os.path.basename(self.executable).encode() in cmdline
 
 
 class ProcessTable:
