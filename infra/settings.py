@@ -79,6 +79,13 @@ class Settings(BaseSettings):
 
     api_port: int = 8000
 
+    # Outgoing mail; locally the stack's SMTP sink (infra/sandbox/smtp_sink.py).
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    mail_from: str = "BFC Payments <no-reply@bfc.example>"
+    # Who hears about escalated compliance reviews.
+    review_supervisors: list[str] = ["compliance-supervisors@dev.bfc.test"]
+
     @cached_property
     def stack_path(self) -> Path:
         return self.stack_dir.resolve()

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 REVIEW_WORKFLOW = "ComplianceReviewWorkflow"
 RECORD_REVIEW_EVENT = "record_review_event"
+NOTIFY_SUPERVISORS = "notify_supervisors"
 
 ReviewKind = Literal["payment", "onboarding"]
 Decision = Literal["approve", "reject", "request_info"]
@@ -110,6 +111,14 @@ class ReviewOutcome:
     decided_by: list[str]
     sla_expired: bool
     closed_at: datetime
+
+
+@dataclass(frozen=True)
+class EscalationNotice:
+    review_id: str
+    kind: ReviewKind
+    level: int
+    next_due_at: datetime | None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
 from infra.identity import IdentityDirectory
 from infra.ledger_store import LedgerStore, create_ledger_pool
+from infra.notifier import Notifier
 from infra.settings import Settings, get_settings
 from infra.temporal import connect_temporal
 from infra.vault import SecretStore, SecretsUnavailable, connect_vault, load_platform_secrets
@@ -73,7 +74,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     checks = PlatformCheckActivities(engine, SecretStore(vault, settings))
     ledger = LedgerStore(ledger_pool)
     maintenance = LedgerMaintenanceActivities(ledger)
-    reviews = ReviewActivities(engine)
+    reviews = ReviewActivities(
+        engine,
+        Notifier(settings),
+        supervisors=settings.review_supervisors,
+        ui_url=settings.temporal_ui_url,
+    )
     identity = IdentityActivities(
         IdentityDirectory.connect(
             settings,
@@ -99,6 +105,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     identity.disable_user,
                     identity.assign_realm_role,
                     reviews.record_review_event,
+                    reviews.notify_supervisors,
                 ],
                 activity_executor=pool,
             )

@@ -27,6 +27,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 from models.review import (
+    NOTIFY_SUPERVISORS,
     OFFICER_ROLE,
     RECORD_REVIEW_EVENT,
     REVIEW_WORKFLOW,
@@ -36,6 +37,7 @@ from models.review import (
     CommentInput,
     DecideInput,
     DecisionRecord,
+    EscalationNotice,
     OpenReviewInput,
     Outcome,
     ReviewEvent,
@@ -128,6 +130,9 @@ class ComplianceReviewWorkflow:
                     self._escalations += 1
                     self._status = "escalated"
                     await self._record("sla", "review.escalated", level=self._escalations)
+                    # Cases opened before supervisors were notified replay without it.
+                    if workflow.patched("notify-supervisors-on-escalation"):
+                        await self._notify_supervisors(opened, stages[number][0])
                 else:
                     self._sla_expired = True
                     self._close(case.default_outcome, "sla")
@@ -183,6 +188,19 @@ class ComplianceReviewWorkflow:
                 actor=actor,
                 action=action,
                 details={"status": self._status, **details},
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_AUDIT_RETRY,
+        )
+
+    async def _notify_supervisors(self, opened: datetime, next_stage_seconds: int) -> None:
+        await workflow.execute_activity(
+            NOTIFY_SUPERVISORS,
+            EscalationNotice(
+                review_id=self._case.review_id,
+                kind=self._case.kind,
+                level=self._escalations,
+                next_due_at=opened + timedelta(seconds=next_stage_seconds),
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_AUDIT_RETRY,

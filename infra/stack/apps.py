@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -62,6 +64,47 @@ class ApiService(AppService):
 
     def urls(self) -> dict[str, str]:
         return {"API docs": f"{self.settings.api_url}/docs"}
+
+
+class SmtpSinkService(AppService):
+    """The outside world's mail servers, played by a sink that keeps every message."""
+
+    name = "smtp"
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.smtp_port,)
+
+    @property
+    def mailbox(self) -> Path:
+        return self.home / "mailbox"
+
+    def launch(self) -> ProcessRecord:
+        self.mailbox.mkdir(parents=True, exist_ok=True)
+        env = {
+            **self.env(),
+            "BFC_SMTP_PORT": str(self.settings.smtp_port),
+            "BFC_SMTP_MAILBOX": str(self.mailbox),
+        }
+        return self.table.start(
+            self.name, [sys.executable, "-m", "infra.sandbox.smtp_sink"], env=env
+        )
+
+    def probe(self) -> Health:
+        try:
+            with socket.create_connection(
+                (self.settings.smtp_host, self.settings.smtp_port), 2
+            ) as s:
+                banner = s.recv(100)
+        except OSError as exc:
+            return Health("starting", str(exc))
+        if not banner.startswith(b"220"):
+            return Health("unhealthy", f"unexpected banner {banner!r}")
+        return Health(
+            "healthy", f"{self.settings.smtp_host}:{self.settings.smtp_port} -> {self.mailbox}"
+        )
+
+    def urls(self) -> dict[str, str]:
+        return {"SMTP sink (mailbox)": f"{self.settings.smtp_host}:{self.settings.smtp_port}"}
 
 
 class WorkerService(AppService):

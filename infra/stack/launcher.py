@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from infra.settings import Settings
-from infra.stack.apps import ApiService, AppService, WorkerService
+from infra.stack.apps import ApiService, AppService, SmtpSinkService, WorkerService
 from infra.stack.base import Health, Service, StackError
 from infra.stack.keycloak import KeycloakService
 from infra.stack.postgres import PostgresService
@@ -21,7 +21,7 @@ from infra.stack.vault import VaultService
 
 log = logging.getLogger("bfc.stack")
 
-SERVERS = ("keycloak", "temporal", "postgres", "vault")  # launch order: slowest first
+SERVERS = ("keycloak", "temporal", "postgres", "vault", "smtp")  # launch order: slowest first
 APPS = ("api", "worker")
 ALL = SERVERS + APPS
 # What the apps need before they start; Keycloak is only needed once a request comes in.
@@ -40,6 +40,7 @@ class Stack:
         self.settings = settings
         self.table = ProcessTable(settings.stack_path)
         self.vault = VaultService(settings, self.table)
+        self.smtp = SmtpSinkService(settings, self.table)
         self.apps: dict[str, AppService] = {
             "api": ApiService(settings, self.table),
             "worker": WorkerService(settings, self.table),
@@ -49,6 +50,7 @@ class Stack:
             "temporal": TemporalService(settings, self.table),
             "postgres": PostgresService(settings, self.table),
             "vault": self.vault,
+            "smtp": self.smtp,
             **self.apps,
         }
 

@@ -12,6 +12,7 @@ from temporalio.common import SearchAttributeKey
 
 from infra.audit import list_audit_events
 from infra.settings import Settings
+from infra.stack.launcher import Stack
 from models.ids import new_id
 from models.review import Actor, DecideInput, OpenReviewInput, ReviewReason, SlaPolicy
 from workflows.review import ComplianceReviewWorkflow
@@ -20,7 +21,7 @@ CAROL = Actor(subject="sub-carol", username="carol", roles=["compliance_officer"
 
 
 async def test_a_case_escalates_in_real_time_then_an_officer_approves_it(
-    temporal: Client, settings: Settings, engine: Engine
+    temporal: Client, settings: Settings, engine: Engine, stack: Stack
 ) -> None:
     review_id = new_id("rev")
     handle = await temporal.start_workflow(
@@ -57,6 +58,12 @@ async def test_a_case_escalates_in_real_time_then_an_officer_approves_it(
 
     with Session(engine) as session:
         trail = [(e.actor, e.action) for e in list_audit_events(session, subject=review_id)]
+    # The SMTP sink received one message per escalation for the supervisors, ids only.
+    mailbox = stack.smtp.mailbox
+    mails = [m.read_text() for m in sorted(mailbox.glob("*.eml")) if review_id in m.read_text()]
+    assert len(mails) == 2
+    assert all("compliance-supervisors@dev.bfc.test" in m for m in mails)
+    assert "escalated (level 1)" in mails[0] and "escalated (level 2)" in mails[1]
     assert trail == [
         ("sla", "review.opened"),
         ("sla", "review.escalated"),

@@ -16,10 +16,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from models.review import (
+    NOTIFY_SUPERVISORS,
     RECORD_REVIEW_EVENT,
     Actor,
     AssignInput,
     DecideInput,
+    EscalationNotice,
     OpenReviewInput,
     ReviewEvent,
     ReviewOutcome,
@@ -37,6 +39,7 @@ SLA = SlaPolicy(
 )
 
 events: list[ReviewEvent] = []
+notices: list[EscalationNotice] = []
 
 
 @activity.defn(name=RECORD_REVIEW_EVENT)
@@ -44,15 +47,21 @@ async def remember(event: ReviewEvent) -> None:
     events.append(event)
 
 
+@activity.defn(name=NOTIFY_SUPERVISORS)
+async def tell_supervisors(notice: EscalationNotice) -> None:
+    notices.append(notice)
+
+
 @pytest.fixture
 async def queue(workflow_env: WorkflowEnvironment) -> AsyncIterator[str]:
     events.clear()
+    notices.clear()
     name = f"review-{uuid.uuid4()}"
     async with Worker(
         workflow_env.client,
         task_queue=name,
         workflows=[ComplianceReviewWorkflow],
-        activities=[remember],
+        activities=[remember, tell_supervisors],
     ):
         yield name
 
@@ -93,6 +102,7 @@ async def test_each_sla_stage_fires_once_in_order_then_the_default_applies(
     assert outcome.outcome == "rejected"
     assert outcome.sla_expired is True
     assert outcome.decided_by == []
+    assert [n.level for n in notices] == [1, 2]  # supervisors hear of each escalation once
     assert actions() == [
         "review.opened",
         "review.escalated",
@@ -117,6 +127,7 @@ async def test_a_decision_before_the_deadline_cancels_the_later_timers(
         ["sub-carol"],
     )
     assert actions() == ["review.opened", "review.escalated", "review.approved"]
+    assert [n.level for n in notices] == [1]
 
 
 async def test_four_eyes_needs_two_different_officers(
