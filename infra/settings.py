@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     mail_from: str = "BFC Payments <no-reply@bfc.example>"
+    # Reviews about more than this (minor units) need two different officers' approval.
+    four_eyes_threshold_minor: int = 1_000_000
     # Who hears about escalated compliance reviews.
     review_supervisors: list[str] = ["compliance-supervisors@dev.bfc.test"]
 

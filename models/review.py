@@ -129,3 +129,8 @@ class ReviewEvent:
     actor: str
     action: str
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def required_approvals(amount_minor: int | None, four_eyes_threshold_minor: int) -> int:
+    """Four-eyes: two officers must approve a case about more than the threshold."""
+    return 2 if amount_minor is not None and amount_minor > four_eyes_threshold_minor else 1
