@@ -35,7 +35,7 @@ unit: install ## the fast tests only, no stack
 # Debian's Chromium for the Web UI test (Playwright drives it; no browser download).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "chromium is missing: sudo apt-get install chromium (the Web UI test skips without it)"; fi; }
 
 test: lint browser ## the whole suite; starts the stack it needs and stops what it started
