@@ -6,10 +6,9 @@ Each is idempotent (see ``infra.identity``) and writes what it did to the audit 
 from __future__ import annotations
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 from temporalio import activity
 
-from infra.audit import record_audit_event
+from infra.audit import write_audit_event
 from infra.identity import IdentityDirectory
 from models.contracts import (
     ASSIGN_REALM_ROLE,
@@ -28,15 +27,13 @@ class IdentityActivities:
         self._engine = engine
 
     def _audit(self, actor: str, action: str, user: IdentityUser, **details: object) -> None:
-        with Session(self._engine) as session:
-            record_audit_event(
-                session,
-                actor=actor,
-                action=action,
-                subject=f"user:{user.id}",
-                details={"enabled": user.enabled, "roles": user.realm_roles, **details},
-            )
-            session.commit()
+        write_audit_event(
+            self._engine,
+            actor=actor,
+            action=action,
+            subject=f"user:{user.id}",
+            details={"enabled": user.enabled, "roles": user.realm_roles, **details},
+        )
 
     @activity.defn(name=CREATE_USER)
     def create_user(self, request: CreateUserInput) -> IdentityUser:

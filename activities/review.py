@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 from temporalio import activity
 
-from infra.audit import record_audit_event
+from infra.audit import write_audit_event
 from infra.notifier import Notifier
 from models.review import NOTIFY_SUPERVISORS, RECORD_REVIEW_EVENT, EscalationNotice, ReviewEvent
 
@@ -40,12 +39,10 @@ class ReviewActivities:
     def record_review_event(self, event: ReviewEvent) -> None:
         # At-least-once: a retried activity may write the same line twice. The trail is a
         # record of what was attempted, ordered by id; a duplicate carries the same facts.
-        with Session(self._engine) as session:
-            record_audit_event(
-                session,
-                actor=event.actor,
-                action=event.action,
-                subject=event.review_id,
-                details=event.details,
-            )
-            session.commit()
+        write_audit_event(
+            self._engine,
+            actor=event.actor,
+            action=event.action,
+            subject=event.review_id,
+            details=event.details,
+        )

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise SystemExit(1) from None
         cipher = EnvelopeCipher(vault, settings)
         app.state.session_key = platform_secrets["api"]["session_signing_key"].encode()
-        app.state.codec_origins = codec_origins(settings)
+        app.state.codec_origins = origins
         app.state.payload_codec = EnvelopePayloadCodec(cipher)
         app.state.engine = create_db_engine(settings)
         app.state.temporal = TemporalHolder(settings, cipher)
@@ -66,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Payments, onboarding and compliance review over Temporal workflows.",
     )
     install_problem_handlers(app)
-    app.add_middleware(CodecCORS, origins=codec_origins(settings))
+    origins = codec_origins(settings)
+    app.add_middleware(CodecCORS, origins=origins)
     app.include_router(health.router)
     app.include_router(accounts.router)
     app.include_router(ledger.router)

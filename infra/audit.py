@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from models.tables import AuditEvent
@@ -23,6 +24,21 @@ def record_audit_event(
     session.flush()
     session.refresh(event)
     return event
+
+
+def write_audit_event(
+    engine: Engine,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record an event in a transaction of its own, for actions that have no database
+    change of their own to ride along with (a decode, a Keycloak call, a workflow step)."""
+    with Session(engine) as session:
+        record_audit_event(session, actor=actor, action=action, subject=subject, details=details)
+        session.commit()
 
 
 def list_audit_events(session: Session, *, subject: str) -> list[AuditEvent]:

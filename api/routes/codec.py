@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from google.protobuf import json_format
-from sqlmodel import Session
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.api.common.v1 import Payloads
@@ -22,7 +21,7 @@ from temporalio.api.common.v1 import Payloads
 from api.auth import Principal, require_role
 from api.deps import EngineDep
 from api.errors import ProblemError
-from infra.audit import record_audit_event
+from infra.audit import write_audit_event
 from infra.temporal import EnvelopePayloadCodec
 
 router = APIRouter(prefix="/codec", tags=["codec"])
@@ -77,18 +76,14 @@ async def decode(
     payloads = await _payloads(request)
     decoded = await _codec(request).decode(payloads.payloads)
 
-    def audit() -> None:
-        with Session(engine) as session:
-            record_audit_event(
-                session,
-                actor=principal.subject,
-                action="codec.decode",
-                subject=f"namespace:{namespace}"[:100],
-                details={"payloads": len(decoded), "username": principal.username},
-            )
-            session.commit()
-
-    await asyncio.to_thread(audit)
+    await asyncio.to_thread(
+        write_audit_event,
+        engine,
+        actor=principal.subject,
+        action="codec.decode",
+        subject=f"namespace:{namespace}"[:100],
+        details={"payloads": len(decoded), "username": principal.username},
+    )
     return json_format.MessageToDict(Payloads(payloads=decoded))
 
 

@@ -25,19 +25,21 @@ from hvac.exceptions import InternalServerError, InvalidPath, VaultDown, VaultEr
 
 from infra.stack.base import Health, Service, StackError
 from infra.stack.process import ProcessRecord
+from infra.vault import REQUIRED_SECRETS
 
 APP_POLICY = "bfc-app"
 
-# Provider credentials and signing secrets the platform reads at start. Values are made
-# up per stack (random) except where another dev component must know them up front.
-DEV_SECRETS: dict[str, dict[str, str]] = {
-    "gateway": {"api_key": ""},
-    "kyc": {"api_key": "", "webhook_signing_secret": ""},
-    "webhooks": {"signing_secret": ""},
-    "smtp": {"username": "bfc-dev", "password": ""},
+# Development values for what the platform reads at start (infra.vault.REQUIRED_SECRETS):
+# random per stack, except where another dev component must know the value up front.
+FIXED_DEV_VALUES: dict[tuple[str, str], str] = {
     # Must match the realm file in infra/deploy/keycloak/ (dev only).
-    "keycloak": {"client_id": "bfc-app", "client_secret": "dev-bfc-app-secret"},
-    "api": {"session_signing_key": ""},
+    ("keycloak", "client_id"): "bfc-app",
+    ("keycloak", "client_secret"): "dev-bfc-app-secret",
+    ("smtp", "username"): "bfc-dev",
+}
+DEV_SECRETS: dict[str, dict[str, str]] = {
+    name: {field: FIXED_DEV_VALUES.get((name, field), "") for field in fields}
+    for name, fields in REQUIRED_SECRETS.items()
 }
 
 
