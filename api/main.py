@@ -10,12 +10,13 @@ from fastapi import FastAPI
 
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
-from api.routes import accounts, codec, health, ledger, reviews, session
+from api.routes import accounts, codec, health, ledger, payments, reviews, session, webhooks
 from api.routes.codec import CodecCORS
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
 from infra.keycloak import TokenVerifier
 from infra.ledger_store import LedgerStore, create_ledger_pool
+from infra.payment_store import PaymentStore
 from infra.settings import Settings, get_settings
 from infra.temporal import EnvelopePayloadCodec
 from infra.vault import SecretStore, SecretsUnavailable, connect_vault, load_platform_secrets
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = create_ledger_pool(settings)
         await pool.open(wait=False)
         app.state.ledger = LedgerStore(pool)
+        app.state.payments = PaymentStore(pool)
         try:
             yield
         finally:
@@ -71,7 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(accounts.router)
     app.include_router(ledger.router)
+    app.include_router(payments.router)
     app.include_router(reviews.router)
     app.include_router(codec.router)
     app.include_router(session.router)
+    app.include_router(webhooks.router)
     return app

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.risk import RiskPolicy
+
 # Custom search attributes the workflows publish, registered with Temporal at start.
 # No PII goes into any of them: ids, codes, amounts and times only.
 SEARCH_ATTRIBUTES: dict[str, str] = {
@@ -88,6 +90,76 @@ class Settings(BaseSettings):
     # Who hears about escalated compliance reviews.
     review_supervisors: list[str] = ["compliance-supervisors@dev.bfc.test"]
 
+    # Risk policy (models/risk.py RiskPolicy), in minor units of EUR-like currencies. These
+    # are the DEVELOPMENT values: the review threshold is low so the review path is easy to
+    # reach, while velocity, daily sums and model thresholds are loose because a handful of
+    # dev customers carry every test and benchmark payment. Production values to start from:
+    # per day 10_000_000, velocity 10 (review) / 30 (decline) per hour, model 0.7 / 0.95.
+    risk_per_transaction_limit_minor: int = 5_000_000
+    risk_per_day_limit_minor: int = 1_000_000_000
+    risk_velocity_review_per_hour: int = 10_000
+    risk_velocity_decline_per_hour: int = 100_000
+    risk_review_amount_minor: int = 100_000
+    risk_new_beneficiary_review_minor: int = 50_000
+    risk_model_review_score: float = 0.98
+    risk_model_decline_score: float = 0.995
+
+    def risk_policy(self) -> RiskPolicy:
+        return RiskPolicy(
+            per_transaction_limit_minor=self.risk_per_transaction_limit_minor,
+            per_day_limit_minor=self.risk_per_day_limit_minor,
+            velocity_review_per_hour=self.risk_velocity_review_per_hour,
+            velocity_decline_per_hour=self.risk_velocity_decline_per_hour,
+            review_amount_minor=self.risk_review_amount_minor,
+            new_beneficiary_review_minor=self.risk_new_beneficiary_review_minor,
+            model_review_score=self.risk_model_review_score,
+            model_decline_score=self.risk_model_decline_score,
+        )
+
+    # Fraud model artifacts (infra/fraud_model.py); unset: <stack dir>/models/fraud. The seed
+    # is the synthetic training data's, used when a worker finds no model and trains one.
+    fraud_model_dir: Path | None = None
+    fraud_seed: int = 7
+
+    @property
+    def fraud_model_path(self) -> Path:
+        if self.fraud_model_dir is not None:
+            return self.fraud_model_dir.resolve()
+        return self.stack_path / "models" / "fraud"
+
+    # The card gateway (a Stripe-compatible PSP); locally the stack's sandbox
+    # (infra/sandbox/card_gateway.py). A real provider is `gateway_base_url` plus the
+    # Vault secret gateway.api_key.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8101
+    gateway_base_url: str | None = None
+    # Read timeout: past it a charge's outcome is unknown and is resolved by lookup.
+    gateway_timeout_seconds: float = 5.0
+    gateway_connect_timeout_seconds: float = 2.0
+
+    # Webhooks to apps' endpoints (infra/webhooks.py). Plain http:// endpoint URLs are
+    # accepted only while this is true: the dev stack's receivers listen on loopback without
+    # TLS; set BFC_WEBHOOKS_ALLOW_HTTP=false in production so only https:// registers.
+    webhooks_allow_http: bool = True
+    # Per attempt: a receiver slower than this counts as failed and is retried with backoff.
+    webhook_timeout_seconds: float = 10.0
+
+    # The KYC (identity verification) provider; locally the stack's sandbox
+    # (infra/sandbox/kyc_provider.py). A real provider is `kyc_base_url` plus the Vault
+    # secrets kyc.api_key and kyc.webhook_signing_secret.
+    kyc_host: str = "127.0.0.1"
+    kyc_port: int = 8102
+    kyc_base_url: str | None = None
+    kyc_timeout_seconds: float = 10.0
+
+    @property
+    def kyc_url(self) -> str:
+        return self.kyc_base_url or f"http://{self.kyc_host}:{self.kyc_port}"
+
+    # Sanctions/PEP list in OpenSanctions' simplified CSV (infra/sanctions.py); by default
+    # the shipped fixture of made-up entries. Point it at a real targets.simple.csv to use one.
+    sanctions_list_path: Path = Path(__file__).parent / "sandbox" / "data" / "sanctions.simple.csv"
+
     @cached_property
     def stack_path(self) -> Path:
         return self.stack_dir.resolve()
@@ -122,6 +194,10 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.gateway_base_url or f"http://{self.gateway_host}:{self.gateway_port}"
 
 
 def get_settings() -> Settings:

@@ -7,8 +7,8 @@ import secrets
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-PREFIXES = frozenset({"acc", "pay", "cus", "rev", "onb", "txf"})
-ID_PATTERN = re.compile(r"^(acc|pay|cus|rev|onb|txf)_[0-9a-z]{26}$")
+PREFIXES = frozenset({"acc", "pay", "cus", "rev", "onb", "txf", "rfd", "we", "evt"})
+ID_PATTERN = re.compile(r"^(acc|pay|cus|rev|onb|txf|rfd|we|evt)_[0-9a-z]{26}$")
 
 
 def _base32(value: int, length: int) -> str:

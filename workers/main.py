@@ -13,6 +13,7 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -28,19 +29,29 @@ from temporalio.worker import Worker
 
 from activities.identity import IdentityActivities
 from activities.ledger_maintenance import LedgerMaintenanceActivities
+from activities.notify import NotifyActivities
+from activities.payment import PaymentActivities
 from activities.platform_check import PlatformCheckActivities
 from activities.review import ReviewActivities
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
+from infra.fraud_model import ensure_model
+from infra.gateway import CardGateway
 from infra.identity import IdentityDirectory
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.notifier import Notifier
+from infra.payment_store import PaymentStore
 from infra.settings import Settings, get_settings
 from infra.temporal import connect_temporal
 from infra.vault import SecretStore, SecretsUnavailable, connect_vault, load_platform_secrets
+from infra.webhook_store import WebhookStore
+from infra.webhooks import WebhookSender, create_webhook_client
 from models.contracts import LEDGER_ROLL_UP_SCHEDULE
 from workflows.ledger_maintenance import LedgerRollUpWorkflow
+from workflows.notification import EventDeliveryWorkflow
+from workflows.payment import PaymentWorkflow
 from workflows.platform_check import PlatformCheckWorkflow
+from workflows.refund import RefundWorkflow
 from workflows.review import ComplianceReviewWorkflow
 
 log = logging.getLogger("bfc.worker")
@@ -64,6 +75,19 @@ async def ensure_schedules(client: Client, settings: Settings) -> None:
         )
 
 
+def worker_tuning() -> dict[str, Any]:
+    """The worker's concurrency settings, shared with the benchmark's bare-Temporal worker so
+    the two are compared like for like."""
+    return {
+        "max_concurrent_workflow_tasks": 100,
+        "max_concurrent_activities": 100,
+        "max_concurrent_local_activities": 200,
+        # More pollers than the defaults keep tasks from queueing behind one long poll.
+        "max_concurrent_workflow_task_polls": 8,
+        "max_concurrent_activity_task_polls": 8,
+    }
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     vault = connect_vault(settings)
     secrets = load_platform_secrets(SecretStore(vault, settings))  # stop now if one is missing
@@ -80,13 +104,24 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         supervisors=settings.review_supervisors,
         ui_url=settings.temporal_ui_url,
     )
-    identity = IdentityActivities(
-        IdentityDirectory.connect(
-            settings,
-            client_id=secrets["keycloak"]["client_id"],
-            client_secret=secrets["keycloak"]["client_secret"],
-        ),
-        engine,
+    directory = IdentityDirectory.connect(
+        settings,
+        client_id=secrets["keycloak"]["client_id"],
+        client_secret=secrets["keycloak"]["client_secret"],
+    )
+    identity = IdentityActivities(directory, engine)
+    webhook_http = create_webhook_client(settings)
+    notify = NotifyActivities(
+        WebhookStore(engine),
+        WebhookSender(webhook_http, secrets["webhooks"]["signing_secret"]),
+        Notifier(settings),
+        directory,
+    )
+    # The fraud model: loaded once per process (trained first on a machine that has none).
+    scorer = await asyncio.to_thread(ensure_model, settings.fraud_model_path, settings.fraud_seed)
+    gateway = CardGateway.from_settings(settings, secrets["gateway"]["api_key"])
+    payments = PaymentActivities(
+        ledger, PaymentStore(ledger_pool), gateway, scorer, settings.risk_policy()
     )
     client = await connect_temporal(settings, cipher)
     await ensure_schedules(client, settings)
@@ -95,7 +130,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             worker = Worker(
                 client,
                 task_queue=settings.task_queue,
-                workflows=[PlatformCheckWorkflow, LedgerRollUpWorkflow, ComplianceReviewWorkflow],
+                workflows=[
+                    PlatformCheckWorkflow,
+                    LedgerRollUpWorkflow,
+                    ComplianceReviewWorkflow,
+                    PaymentWorkflow,
+                    RefundWorkflow,
+                    EventDeliveryWorkflow,
+                ],
                 activities=[
                     checks.check_database,
                     checks.check_secrets,
@@ -106,13 +148,30 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     identity.assign_realm_role,
                     reviews.record_review_event,
                     reviews.notify_supervisors,
+                    payments.score_payment,
+                    payments.hold_funds,
+                    payments.post_hold,
+                    payments.void_hold,
+                    payments.charge_card,
+                    payments.find_charge,
+                    payments.send_payout,
+                    payments.find_payout,
+                    payments.refund_charge,
+                    payments.record_payment,
+                    payments.record_refund,
+                    notify.record_event,
+                    notify.deliver_webhook,
+                    notify.email_customer,
                 ],
                 activity_executor=pool,
+                **worker_tuning(),
             )
             async with worker:
                 log.info("worker polling task queue %s", settings.task_queue)
                 await stop.wait()
     finally:
+        await gateway.aclose()
+        await webhook_http.aclose()
         await ledger.close()
         await ledger_pool.close()
         engine.dispose()

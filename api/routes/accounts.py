@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response, status
 from pydantic import AwareDatetime
 
-from api.auth import CurrentPrincipal, Principal
+from api.auth import CurrentPrincipal, Principal, require_role
 from api.deps import LedgerDep
 from api.errors import ProblemError
 from infra.ledger_store import LedgerStore
-from models.ledger import Account
+from models.ledger import Account, AccountKind, NewAccount
+from models.payment import wallet_account_id
+from models.payment_schemas import WalletCreate
 from models.schemas import AccountList, AccountPublic, BalanceAsOf, EntryPage, EntryPublic
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+Customer = Annotated[Principal, require_role("customer")]
+
+
+def wallet_id(owner: str, currency: str) -> str:
+    """One wallet per customer and currency: the id is derived, so opening is idempotent."""
+    digest = hashlib.sha256(f"wallet:{owner}:{currency}".encode()).digest()
+    return wallet_account_id(base32(digest)[:26])
+
+
+def base32(data: bytes) -> str:
+    return base64.b32encode(data).decode().lower().rstrip("=")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountPublic)
+async def open_wallet(
+    body: WalletCreate, principal: Customer, ledger: LedgerDep, response: Response
+) -> AccountPublic:
+    """Open the caller's wallet in a currency; the same currency again returns it (200)."""
+    account_id = wallet_id(principal.subject, body.currency)
+    existing = await ledger.get_account(account_id)
+    if existing is not None:
+        response.status_code = status.HTTP_200_OK
+        return AccountPublic.of(existing)
+    # A liability of the platform to the customer, which can never go below zero.
+    account = await ledger.open_account(
+        NewAccount(
+            id=account_id,
+            currency=body.currency,
+            kind=AccountKind.LIABILITY,
+            owner=principal.subject,
+            code="customer_wallet",
+            debits_must_not_exceed_credits=True,
+        )
+    )
+    return AccountPublic.of(account)
 
 
 async def _visible_account(ledger: LedgerStore, principal: Principal, account_id: str) -> Account:

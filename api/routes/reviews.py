@@ -89,7 +89,11 @@ async def list_reviews(  # noqa: PLR0917 - FastAPI passes query parameters by na
     client = _temporal(temporal)
     statuses = OPEN_STATUSES if status == "open" else ("approved", "rejected")
     wanted = ", ".join(f"'{name}'" for name in statuses)
-    query = f"WorkflowType = '{REVIEW_WORKFLOW}' AND ReviewStatus IN ({wanted})"
+    # Running only: a case withdrawn with its payment keeps its last ReviewStatus.
+    query = (
+        f"WorkflowType = '{REVIEW_WORKFLOW}' AND ExecutionStatus = 'Running' "
+        f"AND ReviewStatus IN ({wanted})"
+    )
     if kind is not None:
         query += f" AND ReviewKind = '{kind}'"
     cases: list[ReviewSummary] = []

@@ -107,6 +107,126 @@ class SmtpSinkService(AppService):
         return {"SMTP sink (mailbox)": f"{self.settings.smtp_host}:{self.settings.smtp_port}"}
 
 
+class SandboxService(AppService):
+    """An outside party (card gateway, KYC provider) played by a sandbox server of ours.
+
+    It is started like our apps because its keys are the platform's Vault secrets; the
+    outside party itself gets only those values in its environment, never our Vault login.
+    """
+
+    module: str  # python -m <module>
+    label: str  # how ``bfc up`` lists it
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def local_url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.port,)
+
+    def read_secret(self, name: str, fields: tuple[str, ...]) -> dict[str, str]:
+        from hvac.exceptions import VaultError
+        from pydantic import SecretStr
+        from requests import RequestException
+
+        from infra.vault import SecretStore, SecretsUnavailable, connect_vault
+
+        creds = getattr(self, "extra_env", {})
+        secret_id = creds.get("BFC_VAULT_SECRET_ID")
+        settings = self.settings.model_copy(
+            update={
+                "vault_role_id": creds.get("BFC_VAULT_ROLE_ID"),
+                "vault_secret_id": None if secret_id is None else SecretStr(secret_id),
+            }
+        )
+        try:
+            data = SecretStore(connect_vault(settings), settings).read(name)
+        except (SecretsUnavailable, VaultError, RequestException) as exc:
+            raise StackError(f"{self.name}: cannot read its secrets from Vault: {exc}") from exc
+        missing = [f for f in fields if not data.get(f)]
+        if missing:
+            raise StackError(f"{self.name}: the Vault secret {name} lacks {', '.join(missing)}")
+        return data
+
+    def sandbox_env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def launch(self) -> ProcessRecord:
+        vault_login = ("BFC_VAULT_ROLE_ID", "BFC_VAULT_SECRET_ID")
+        env = {k: v for k, v in self.env().items() if k not in vault_login}
+        env.update(self.sandbox_env())
+        return self.table.start(self.name, [sys.executable, "-m", self.module], env=env)
+
+    def probe(self) -> Health:
+        try:
+            response = httpx.get(f"{self.local_url}/healthz", timeout=2)
+        except httpx.HTTPError as exc:
+            return Health("starting", str(exc))
+        if response.status_code != 200:
+            return Health("unhealthy", f"/healthz answered {response.status_code}")
+        return Health("healthy", f"{self.local_url} -> {self.home}")
+
+    def urls(self) -> dict[str, str]:
+        return {self.label: self.local_url}
+
+
+class CardGatewayService(SandboxService):
+    """The card gateway (an outside PSP); its key is the Vault secret ``gateway.api_key``."""
+
+    name = "gateway"
+    module = "infra.sandbox.card_gateway"
+    label = "Card gateway (sandbox)"
+
+    @property
+    def port(self) -> int:
+        return self.settings.gateway_port
+
+    @property
+    def local_url(self) -> str:
+        return f"http://{self.settings.gateway_host}:{self.port}"
+
+    def sandbox_env(self) -> dict[str, str]:
+        return {
+            "BFC_GATEWAY_API_KEY": self.read_secret("gateway", ("api_key",))["api_key"],
+            "BFC_GATEWAY_HOST": self.settings.host,
+            "BFC_GATEWAY_PORT": str(self.port),
+            "BFC_GATEWAY_HOME": str(self.home),
+        }
+
+
+class KycProviderService(SandboxService):
+    """The KYC provider (an outside identity-verification service): its API key and callback
+    signing secret are ``kyc.api_key`` and ``kyc.webhook_signing_secret``. It calls back the
+    API's webhook by default."""
+
+    name = "kyc"
+    module = "infra.sandbox.kyc_provider"
+    label = "KYC provider (sandbox)"
+
+    @property
+    def port(self) -> int:
+        return self.settings.kyc_port
+
+    @property
+    def local_url(self) -> str:
+        return f"http://{self.settings.kyc_host}:{self.port}"
+
+    def sandbox_env(self) -> dict[str, str]:
+        secrets = self.read_secret("kyc", ("api_key", "webhook_signing_secret"))
+        return {
+            "BFC_KYC_API_KEY": secrets["api_key"],
+            "BFC_KYC_WEBHOOK_SECRET": secrets["webhook_signing_secret"],
+            "BFC_KYC_HOST": self.settings.host,
+            "BFC_KYC_PORT": str(self.port),
+            "BFC_KYC_HOME": str(self.home),
+            "BFC_KYC_CALLBACK_URL": f"{self.settings.api_url}/v1/kyc/callbacks",
+        }
+
+
 class WorkerService(AppService):
     name = "worker"
     start_timeout = 60.0

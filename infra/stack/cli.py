@@ -3,6 +3,7 @@
 bfc up | down | status [--json]          the whole platform: servers, API and worker
 bfc stack up | down | status | logs NAME  the same, one service at a time if named
 bfc db upgrade | current                 Alembic migrations of the ledger database
+bfc fraud train [--seed N] [--count N]   train the fraud model, save it and make it current
 """
 
 from __future__ import annotations
@@ -47,10 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="migrate the database to the newest revision")
     db_commands.add_parser("current", help="print the revision the database is at")
+
+    fraud = commands.add_parser("fraud", help="the fraud model")
+    fraud_commands = fraud.add_subparsers(dest="fraud_command", required=True)
+    fraud_train = fraud_commands.add_parser("train", help="train, save, make current")
+    fraud_train.add_argument("--seed", type=int, default=None, help="default: BFC_FRAUD_SEED")
+    fraud_train.add_argument("--count", type=int, default=None, help="synthetic rows (20000)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (a return per command)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="bfc: %(message)s", stream=sys.stderr)
     logging.getLogger("bfc").setLevel(logging.INFO)
@@ -58,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "db":
             return _db(args.db_command, settings)
+        if args.command == "fraud":
+            return _fraud_train(settings, seed=args.seed, count=args.count)
         command = args.stack_command if args.command == "stack" else args.command
         stack = Stack(settings)
         if command == "logs":
@@ -121,6 +130,26 @@ def _db(command: str, settings: Settings) -> int:
     if command == "upgrade":
         upgrade_to_head(settings)
     print(current_revision(settings) or "(empty database)")
+    return 0
+
+
+def _fraud_train(settings: Settings, *, seed: int | None, count: int | None) -> int:
+    import time
+
+    from infra.fraud_model import DEFAULT_COUNT, save, train
+
+    started = time.perf_counter()
+    try:
+        model = train(
+            settings.fraud_seed if seed is None else seed,
+            DEFAULT_COUNT if count is None else count,
+        )
+    except ValueError as exc:
+        print(f"bfc: {exc}", file=sys.stderr)
+        return 2
+    path = save(model, settings.fraud_model_path)
+    print(f"{model.version} trained in {time.perf_counter() - started:.1f}s, current in {path}")
+    print(json.dumps(model.metrics, indent=2, sort_keys=True))
     return 0
 
 

@@ -11,7 +11,14 @@ import time
 from dataclasses import dataclass, field
 
 from infra.settings import Settings
-from infra.stack.apps import ApiService, AppService, SmtpSinkService, WorkerService
+from infra.stack.apps import (
+    ApiService,
+    AppService,
+    CardGatewayService,
+    KycProviderService,
+    SmtpSinkService,
+    WorkerService,
+)
 from infra.stack.base import Health, Service, StackError
 from infra.stack.keycloak import KeycloakService
 from infra.stack.postgres import PostgresService
@@ -22,7 +29,7 @@ from infra.stack.vault import VaultService
 log = logging.getLogger("bfc.stack")
 
 SERVERS = ("keycloak", "temporal", "postgres", "vault", "smtp")  # launch order: slowest first
-APPS = ("api", "worker")
+APPS = ("gateway", "kyc", "api", "worker")  # gateway, kyc: their keys come from Vault
 ALL = SERVERS + APPS
 # What the apps need before they start; Keycloak is only needed once a request comes in.
 APP_DEPENDENCIES = ("postgres", "vault", "temporal")
@@ -42,6 +49,8 @@ class Stack:
         self.vault = VaultService(settings, self.table)
         self.smtp = SmtpSinkService(settings, self.table)
         self.apps: dict[str, AppService] = {
+            "gateway": CardGatewayService(settings, self.table),
+            "kyc": KycProviderService(settings, self.table),
             "api": ApiService(settings, self.table),
             "worker": WorkerService(settings, self.table),
         }

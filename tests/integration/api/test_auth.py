@@ -144,6 +144,7 @@ async def test_the_token_matrix(
 # Who gets what on every route. "ok" is any answer but 401/403 (the route's own outcome).
 EVERYONE = {"alice", "bob", "olivia", "carol", "cora", "admin"}
 STAFF = {"olivia", "admin"}
+CUSTOMERS = {"alice", "bob"}
 READERS_OF_PAYLOADS = {"olivia", "carol", "cora"}
 ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/accounts"): EVERYONE,
@@ -157,8 +158,19 @@ ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/reviews/rev_nothing"): {"olivia", "carol", "cora"},
     ("POST", "/v1/reviews/rev_nothing/decision"): {"carol", "cora"},
     ("POST", "/v1/reviews/rev_nothing/assign"): {"carol", "cora"},
+    ("POST", "/v1/accounts"): CUSTOMERS,
+    ("POST", "/v1/payments"): CUSTOMERS,
+    ("GET", "/v1/payments"): EVERYONE,
+    ("GET", "/v1/payments/pay_nothing"): EVERYONE,
+    ("POST", "/v1/payments/pay_nothing/cancel"): CUSTOMERS | STAFF,
+    ("POST", "/v1/payments/pay_nothing/refunds"): CUSTOMERS | STAFF,
+    ("GET", "/v1/payments/pay_nothing/refunds"): EVERYONE,
     ("POST", "/codec/decode"): READERS_OF_PAYLOADS,
     ("POST", "/codec/encode"): READERS_OF_PAYLOADS,
+    # Apps only (client-credentials tokens with the app role): no dev user may.
+    ("POST", "/v1/webhook-endpoints"): set(),
+    ("GET", "/v1/webhook-endpoints"): set(),
+    ("DELETE", "/v1/webhook-endpoints/we_nothing"): set(),
 }
 
 
@@ -194,7 +206,9 @@ def test_the_matrix_covers_every_route() -> None:
             m,
             p.split("?")[0]
             .replace("acc_nothing", "{account_id}")
-            .replace("rev_nothing", "{review_id}"),
+            .replace("rev_nothing", "{review_id}")
+            .replace("pay_nothing", "{payment_id}")
+            .replace("we_nothing", "{endpoint_id}"),
         )
         for m, p in ROLE_MATRIX
     }

@@ -1,0 +1,145 @@
+"""Notification activities: record an event, deliver it to one endpoint, mail the customer.
+
+All three are safe to repeat. ``record_event`` inserts the event once. ``deliver_webhook``
+writes every attempt to ``webhook_deliveries`` and sends nothing when an earlier attempt was
+already accepted; otherwise the receiver may see the event again and de-duplicates on its
+id. ``email_customer`` looks up whether this event's mail went out before sending it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from infra.identity import IdentityDirectory
+from infra.notifier import Notifier
+from infra.webhook_store import WebhookStore
+from infra.webhooks import EndpointGone, WebhookFailed, WebhookSender, event_body
+from models.notifications import (
+    DELIVER_WEBHOOK,
+    EMAIL_CUSTOMER,
+    ENDPOINT_DISABLED,
+    ENDPOINT_GONE,
+    RECORD_EVENT,
+    DeliveryResult,
+    EmailOutcome,
+    PlatformEvent,
+    RecordedEvent,
+    WebhookDelivery,
+    format_amount,
+)
+
+
+def customer_message(event: PlatformEvent) -> tuple[str, str]:
+    """Subject and body of the customer's mail: what happened, in plain words, with ids
+    and amounts only (the mail leaves our systems; it names no one)."""
+    data = event.data
+    payment = f"payment {data['id']}" if data.get("id") else "payment"
+    amount = format_amount(data.get("amount"), data.get("currency"))
+    status = event.type.removeprefix("payment.").replace("_", " ")
+    decline = f" (reason: {data['decline_code']})" if data.get("decline_code") else ""
+    refunded = format_amount(data.get("amount_refunded"), data.get("currency"))
+    what = {
+        "payment.succeeded": f"Your {payment} of {amount} succeeded.",
+        "payment.declined": f"Your {payment} of {amount} was declined{decline}.",
+        "payment.failed": f"Your {payment} of {amount} could not be completed.",
+        "payment.canceled": f"Your {payment} of {amount} was canceled.",
+        "payment.refunded": f"Your {payment} of {amount} was refunded in full.",
+        "payment.partially_refunded": f"{refunded} of your {payment} of {amount} was refunded.",
+    }.get(event.type, f"Your {payment} of {amount}: {status}.")
+    subject = f"Your {payment}: {status}"
+    body = (
+        f"Hello,\n\n{what}\n\n"
+        f"Reference: {event.id}\nTime: {event.created_at}\n\n"
+        "This message was sent automatically by BFC Payments.\n"
+    )
+    return subject, body
+
+
+class NotifyActivities:
+    def __init__(
+        self,
+        store: WebhookStore,
+        sender: WebhookSender,
+        notifier: Notifier,
+        directory: IdentityDirectory,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._notifier = notifier
+        self._directory = directory
+
+    @activity.defn(name=RECORD_EVENT)
+    def record_event(self, event: PlatformEvent) -> RecordedEvent:
+        return RecordedEvent(event_id=event.id, endpoint_ids=self._store.record_event(event))
+
+    @activity.defn(name=DELIVER_WEBHOOK)
+    async def deliver_webhook(self, delivery: WebhookDelivery) -> DeliveryResult:
+        attempt = activity.info().attempt
+        store = self._store
+        endpoint = await asyncio.to_thread(store.get_endpoint, delivery.endpoint_id)
+        if endpoint is None or not endpoint.enabled:
+            raise ApplicationError(
+                f"endpoint {delivery.endpoint_id} is deleted or disabled",
+                type=ENDPOINT_DISABLED,
+                non_retryable=True,
+            )
+        event = await asyncio.to_thread(store.get_event, delivery.event_id)
+        if event is None:  # record_event runs first; this is a bug, not the receiver's fault
+            raise ApplicationError(f"event {delivery.event_id} was never recorded")
+        earlier = await asyncio.to_thread(
+            store.accepted_attempt, event_id=event.id, endpoint_id=endpoint.id
+        )
+        if earlier is not None and earlier.status_code is not None:
+            # Accepted before and the result was lost (a worker restart): do not resend.
+            return DeliveryResult(
+                endpoint_id=endpoint.id, status_code=earlier.status_code, attempt=earlier.attempt
+            )
+        body = event_body(
+            event_id=event.id, event_type=event.type, created_at=event.created_at, data=event.data
+        )
+        failure: WebhookFailed | None = None
+        try:
+            accepted = await self._sender.send(
+                url=endpoint.url, event_id=event.id, event_type=event.type, body=body
+            )
+            status_code: int | None = accepted.status_code
+        except WebhookFailed as exc:
+            failure, status_code = exc, exc.status_code
+        await asyncio.to_thread(
+            store.record_attempt,
+            event_id=event.id,
+            endpoint_id=endpoint.id,
+            attempt=attempt,
+            status_code=status_code,
+            error=None if failure is None else str(failure),
+        )
+        if isinstance(failure, EndpointGone):
+            reason = "the receiver answered 410 Gone"
+            await asyncio.to_thread(store.disable_endpoint, endpoint.id, reason=reason)
+            raise ApplicationError(str(failure), type=ENDPOINT_GONE, non_retryable=True)
+        if failure is not None or status_code is None:
+            # Retryable: Temporal tries again with backoff (the workflow's retry policy).
+            raise ApplicationError(str(failure), type="WebhookFailed")
+        return DeliveryResult(endpoint_id=endpoint.id, status_code=status_code, attempt=attempt)
+
+    @activity.defn(name=EMAIL_CUSTOMER)
+    def email_customer(self, event: PlatformEvent) -> EmailOutcome:
+        if event.customer_id is None:
+            return EmailOutcome(status="no_address", error="the event concerns no customer")
+        if self._store.mail_sent(event.id):
+            return EmailOutcome(status="already_sent")
+        # The directory answers UnknownUser for a missing user and for an unreachable
+        # Keycloak alike, so that is retried rather than taken as "no such customer".
+        user = self._directory.get(event.customer_id)
+        if not user.email:
+            return EmailOutcome(status="no_address", error="the customer has no email address")
+        subject, body = customer_message(event)
+        message_id = f"{event.id}.customer"
+        # Sent, then marked: a crash in between sends it again on retry (with the same
+        # Message-ID, which mail systems recognise); marking first could lose the mail.
+        self._notifier.send(to=[user.email], subject=subject, body=body, message_id=message_id)
+        self._store.mark_mail_sent(event.id, message_id=message_id)
+        return EmailOutcome(status="sent")

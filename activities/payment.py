@@ -1,0 +1,288 @@
+"""Payment activities: the saga's side effects, each safe to run more than once.
+
+Ledger steps use the saga's own transfer ids (``pay_…:hold``, ``pay_…:post``, …), so a
+retried or re-run step returns the first outcome instead of moving money twice. Gateway
+steps send the same Idempotency-Key on every attempt. Business refusals (a ledger rule, a
+card decline) come back as data or as non-retryable ApplicationErrors named after the
+error's class; anything else is retried by Temporal.
+
+The quick steps (score, hold, post, void, record) run as local activities of the workflow;
+the gateway calls are regular activities with their own timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from infra.fraud_model import FraudScorer
+from infra.gateway import (
+    CardGateway,
+    GatewayDeclined,
+    GatewayRejected,
+    GatewayUnknownOutcome,
+)
+from infra.ledger_store import LedgerStore
+from infra.payment_store import PaymentStore
+from models.errors import LedgerError, PendingTransferAlreadyResolved, PendingTransferExpired
+from models.gateway import GatewayCharge, GatewayPayout
+from models.ledger import AccountKind, NewAccount, TransferKind, TransferRequest
+from models.payment import (
+    CHARGE_CARD,
+    FIND_CHARGE,
+    FIND_PAYOUT,
+    GATEWAY_CLEARING,
+    GATEWAY_REJECTED,
+    GATEWAY_UNKNOWN_OUTCOME,
+    HOLD_FUNDS,
+    POST_HOLD,
+    RECORD_PAYMENT,
+    RECORD_REFUND,
+    REFUND_CHARGE,
+    SCORE_PAYMENT,
+    SEND_PAYOUT,
+    VOID_HOLD,
+    ChargeInput,
+    GatewayResult,
+    HoldInput,
+    PaymentRecord,
+    PayoutInput,
+    RefundChargeInput,
+    RefundRecord,
+    ResolveHoldInput,
+    RiskSummary,
+    ScoreInput,
+    platform_account_id,
+)
+from models.risk import RiskFeatures, RiskPolicy, assess
+
+
+def ledger_refusal(exc: LedgerError) -> ApplicationError:
+    """A ledger rule said no: final; the type names the rule (models.errors.LEDGER_ERRORS)."""
+    return ApplicationError(exc.detail, type=type(exc).__name__, non_retryable=True)
+
+
+T = TypeVar("T")
+
+
+class PaymentActivities:
+    def __init__(
+        self,
+        ledger: LedgerStore,
+        payments: PaymentStore,
+        gateway: CardGateway,
+        scorer: FraudScorer,
+        policy: RiskPolicy,
+    ) -> None:
+        self._ledger = ledger
+        self._payments = payments
+        self._gateway = gateway
+        self._scorer = scorer
+        self._policy = policy
+        self._platform_accounts: set[str] = set()
+
+    # ---- risk ------------------------------------------------------------------------
+
+    @activity.defn(name=SCORE_PAYMENT)
+    async def score_payment(self, request: ScoreInput) -> RiskSummary:
+        at = datetime.fromisoformat(request.created_at)
+        history = await self._payments.risk_history(
+            customer_id=request.customer_id,
+            currency=request.currency,
+            beneficiary=request.beneficiary,
+            payment_id=request.payment_id,
+            at=at,
+        )
+        first = history.first_payment_at
+        features = RiskFeatures(
+            kind=request.kind,  # type: ignore[arg-type]  # validated by the API
+            amount_minor=request.amount,
+            currency=request.currency,
+            hour_of_day=at.hour,
+            payments_last_hour=history.payments_last_hour,
+            amount_last_24h_minor=history.amount_last_24h,
+            new_beneficiary=request.beneficiary is not None and not history.known_beneficiary,
+            customer_age_days=max(0, (at - first).days) if first else 0,
+        )
+        # The model is CPU work: off the event loop, so other activities keep moving.
+        score = await asyncio.to_thread(self._scorer.score, features)
+        result = assess(features, score, self._scorer.version, self._policy)
+        return RiskSummary(
+            band=str(result.band),
+            score=result.score,
+            reasons=list(result.reasons),
+            model_version=result.model_version,
+        )
+
+    # ---- ledger ----------------------------------------------------------------------
+
+    async def _ensure_platform_account(self, account_id: str, currency: str) -> None:
+        if account_id in self._platform_accounts:
+            return
+        if account_id == platform_account_id(GATEWAY_CLEARING, currency):
+            # Unlimited, so never locked: every top-up and payout touches it.
+            await self._ledger.open_account(
+                NewAccount(
+                    id=account_id,
+                    currency=currency,
+                    kind=AccountKind.ASSET,
+                    owner="platform",
+                    code=GATEWAY_CLEARING,
+                )
+            )
+        self._platform_accounts.add(account_id)
+
+    @activity.defn(name=HOLD_FUNDS)
+    async def hold_funds(self, hold: HoldInput) -> str:
+        for account_id in (hold.debit_account_id, hold.credit_account_id):
+            await self._ensure_platform_account(account_id, hold.currency)
+        try:
+            transfer = await self._ledger.create_transfer(
+                TransferRequest(
+                    id=hold.transfer_id,
+                    kind=TransferKind.PENDING,
+                    debit_account_id=hold.debit_account_id,
+                    credit_account_id=hold.credit_account_id,
+                    amount=hold.amount,
+                    currency=hold.currency,
+                    timeout_seconds=hold.timeout_seconds,
+                    metadata={"payment_id": hold.payment_id},
+                )
+            )
+        except LedgerError as exc:
+            raise ledger_refusal(exc) from exc
+        return transfer.id
+
+    @activity.defn(name=POST_HOLD)
+    async def post_hold(self, request: ResolveHoldInput) -> str:
+        try:
+            transfer = await self._ledger.create_transfer(
+                TransferRequest(
+                    id=request.transfer_id,
+                    kind=TransferKind.POST_PENDING,
+                    pending_id=request.hold_id,
+                    metadata={"payment_id": request.payment_id},
+                )
+            )
+        except LedgerError as exc:
+            raise ledger_refusal(exc) from exc
+        return transfer.id
+
+    @activity.defn(name=VOID_HOLD)
+    async def void_hold(self, request: ResolveHoldInput) -> str | None:
+        """Release a hold. One that expired or was already resolved needs no release."""
+        try:
+            transfer = await self._ledger.create_transfer(
+                TransferRequest(
+                    id=request.transfer_id,
+                    kind=TransferKind.VOID_PENDING,
+                    pending_id=request.hold_id,
+                    metadata={"payment_id": request.payment_id},
+                )
+            )
+        except (PendingTransferExpired, PendingTransferAlreadyResolved):
+            return None
+        except LedgerError as exc:
+            raise ledger_refusal(exc) from exc
+        return transfer.id
+
+    # ---- gateway ---------------------------------------------------------------------
+
+    @activity.defn(name=CHARGE_CARD)
+    async def charge_card(self, request: ChargeInput) -> GatewayResult:
+        call = self._gateway.charge(
+            idempotency_key=request.idempotency_key,
+            payment_id=request.payment_id,
+            amount=request.amount,
+            currency=request.currency,
+            payment_method=request.payment_method,
+        )
+        return _charge_result(await _moving_money(call))
+
+    @activity.defn(name=FIND_CHARGE)
+    async def find_charge(self, payment_id: str) -> GatewayResult:
+        return _charge_result(await self._gateway.find_charge(payment_id))
+
+    @activity.defn(name=SEND_PAYOUT)
+    async def send_payout(self, request: PayoutInput) -> GatewayResult:
+        call = self._gateway.payout(
+            idempotency_key=request.idempotency_key,
+            payment_id=request.payment_id,
+            amount=request.amount,
+            currency=request.currency,
+            destination=request.destination,
+        )
+        return _payout_result(await _moving_money(call))
+
+    @activity.defn(name=FIND_PAYOUT)
+    async def find_payout(self, payment_id: str) -> GatewayResult:
+        return _payout_result(await self._gateway.find_payout(payment_id))
+
+    @activity.defn(name=REFUND_CHARGE)
+    async def refund_charge(self, request: RefundChargeInput) -> GatewayResult:
+        try:
+            refund = await self._gateway.refund(
+                idempotency_key=request.idempotency_key,
+                charge_id=request.gateway_reference,
+                amount=request.amount,
+                payment_id=request.payment_id,
+            )
+        except GatewayDeclined as exc:
+            return GatewayResult("declined", decline_code=exc.code)
+        except GatewayRejected as exc:
+            raise ApplicationError(str(exc), type=GATEWAY_REJECTED, non_retryable=True) from exc
+        # Retryable and unknown outcomes are retried with the same key: a refund replayed
+        # under its key is applied once by the gateway.
+        return GatewayResult("succeeded", reference=refund.id)
+
+    # ---- the payments table ----------------------------------------------------------
+
+    @activity.defn(name=RECORD_PAYMENT)
+    async def record_payment(self, record: PaymentRecord) -> None:
+        await self._payments.record(record)
+
+    @activity.defn(name=RECORD_REFUND)
+    async def record_refund(self, record: RefundRecord) -> str:
+        return await self._payments.record_refund(record)
+
+
+async def _moving_money(call: Awaitable[T]) -> T | GatewayResult:
+    """A charge or payout call, its outcome sorted by the connector's taxonomy. Retryable
+    errors propagate: Temporal retries with the same key."""
+    try:
+        return await call
+    except GatewayDeclined as exc:
+        return GatewayResult("declined", decline_code=exc.code)
+    except GatewayUnknownOutcome as exc:
+        raise ApplicationError(str(exc), type=GATEWAY_UNKNOWN_OUTCOME, non_retryable=True) from exc
+    except GatewayRejected as exc:
+        raise ApplicationError(str(exc), type=GATEWAY_REJECTED, non_retryable=True) from exc
+
+
+def _charge_result(charge: GatewayCharge | GatewayResult | None) -> GatewayResult:
+    if charge is None:
+        return GatewayResult("absent")
+    if isinstance(charge, GatewayResult):
+        return charge
+    if charge.succeeded:
+        return GatewayResult("succeeded", reference=charge.id)
+    if charge.decline_code is not None or charge.status == "requires_payment_method":
+        return GatewayResult("declined", reference=charge.id, decline_code=charge.decline_code)
+    return GatewayResult("pending", reference=charge.id)
+
+
+def _payout_result(payout: GatewayPayout | GatewayResult | None) -> GatewayResult:
+    if payout is None:
+        return GatewayResult("absent")
+    if isinstance(payout, GatewayResult):
+        return payout
+    if payout.paid:
+        return GatewayResult("succeeded", reference=payout.id)
+    if payout.failure_code is not None or payout.status == "failed":
+        return GatewayResult("declined", reference=payout.id, decline_code=payout.failure_code)
+    return GatewayResult("pending", reference=payout.id)

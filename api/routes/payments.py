@@ -1,0 +1,504 @@
+"""Payments over REST: start one, read it, list them, cancel it, refund it.
+
+``POST /v1/payments`` needs an ``Idempotency-Key`` (400 without). The key is scoped to the
+caller: the same key with the same body answers with the same payment (however many arrive
+at once), with another body ``409 idempotency_key_reused``. The payment row is written
+first, then the PaymentWorkflow is started under the payment's id; a retry of a request
+whose start was lost starts it then (Temporal refuses a second workflow with that id).
+
+Who may move what: a customer only out of (or, for a top-up, into) their own wallets; an
+``app`` for any customer's wallet, and it sees the payments it created; operators and admins
+see everything. Someone else's payment answers 404, exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from api.auth import Principal, require_role
+from api.deps import LedgerDep, SettingsDep, TemporalClientDep
+from api.errors import ProblemError
+from infra.ledger_store import LedgerStore
+from infra.payment_store import NewPayment, PaymentStore, StoredPayment, StoredRefund
+from models.ids import new_id
+from models.ledger import Account
+from models.payment import (
+    GATEWAY_CLEARING,
+    PAYMENT_WORKFLOW,
+    REFUND_WORKFLOW,
+    TERMINAL_STATUSES,
+    PaymentInput,
+    PaymentKind,
+    PaymentState,
+    RefundInput,
+    platform_account_id,
+)
+from models.payment_schemas import (
+    PaymentCreate,
+    PaymentList,
+    PaymentPublic,
+    RefundCreate,
+    RefundPublic,
+    RiskPublic,
+    TimelinePublic,
+)
+
+router = APIRouter(prefix="/v1/payments", tags=["payments"])
+
+Payer = Annotated[Principal, require_role("customer", "app")]
+# Compliance officers read payments (they decide their reviews) but do not move money.
+Reader = Annotated[
+    Principal, require_role("customer", "app", "operator", "admin", "compliance_officer")
+]
+Actor = Annotated[Principal, require_role("customer", "app", "operator", "admin")]
+WALLET = "customer_wallet"
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]+$"),
+]
+
+
+def payment_search_attributes(
+    *, status: str, kind: str, customer_id: str, amount: int, currency: str
+) -> TypedSearchAttributes:
+    """What operators find a payment by in the Web UI: ids, codes and amounts only."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SearchAttributeKey.for_keyword("PaymentStatus"), status),
+            SearchAttributePair(SearchAttributeKey.for_keyword("PaymentKind"), kind),
+            SearchAttributePair(SearchAttributeKey.for_keyword("CustomerId"), customer_id),
+            SearchAttributePair(SearchAttributeKey.for_int("AmountMinor"), amount),
+            SearchAttributePair(SearchAttributeKey.for_keyword("Currency"), currency),
+        ]
+    )
+
+
+def _payments(request: Request) -> PaymentStore:
+    store: PaymentStore = request.app.state.payments
+    return store
+
+
+def _require_key(key: str | None) -> str:
+    if not key:
+        raise ProblemError(
+            400,
+            "idempotency_key_required",
+            "Idempotency-Key header required",
+            "send a unique Idempotency-Key with every request that moves money; "
+            "retry with the same key",
+            errors=[{"field": "Idempotency-Key", "code": "missing", "message": "required"}],
+        )
+    return key
+
+
+def _temporal(client: Client | None) -> Client:
+    if client is None:
+        raise ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
+    return client
+
+
+def _invalid(field: str, code: str, message: str, status_code: int = 422) -> ProblemError:
+    return ProblemError(
+        status_code,
+        code,
+        "The payment cannot be made",
+        message,
+        errors=[{"field": field, "code": code, "message": message}],
+    )
+
+
+async def _wallet(
+    ledger: LedgerStore, account_id: str, field: str, currency: str, owner: str | None
+) -> Account:
+    """A customer wallet in the payment's currency; ``owner`` set: it must be theirs."""
+    account = await ledger.get_account(account_id)
+    if account is None or account.code != WALLET or (owner is not None and account.owner != owner):
+        # Someone else's wallet answers like a missing one.
+        raise _invalid(field, "account_not_found", f"no wallet {account_id}", 404)
+    if account.closed:
+        raise _invalid(field, "account_closed", f"wallet {account_id} is closed")
+    if account.currency != currency:
+        raise _invalid(field, "currency_mismatch", f"wallet {account_id} holds {account.currency}")
+    return account
+
+
+def _fingerprint(body: PaymentCreate | RefundCreate, payment_id: str | None = None) -> str:
+    canonical = json.dumps(
+        {"body": body.model_dump(mode="json", exclude_none=True), "payment": payment_id},
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _visible(principal: Principal, payment: StoredPayment | None, payment_id: str) -> StoredPayment:
+    if payment is not None and (
+        _sees_all(principal)
+        or payment.customer_id == principal.subject
+        or ("app" in principal.roles and payment.client_id == principal.client_id)
+    ):
+        return payment
+    raise ProblemError(404, "payment_not_found", "No such payment", f"no payment {payment_id}")
+
+
+def _risk(payment: StoredPayment, live: PaymentState | None) -> RiskPublic | None:
+    if live is not None and live.risk is not None:
+        r = live.risk
+        return RiskPublic(
+            band=r.band, score=r.score, reasons=r.reasons, model_version=r.model_version
+        )
+    if payment.risk_band is None:
+        return None
+    return RiskPublic(
+        band=payment.risk_band,
+        score=payment.risk_score or 0.0,
+        reasons=payment.risk_reasons or [],
+        model_version=payment.model_version or "",
+    )
+
+
+def _sees_all(principal: Principal) -> bool:
+    return principal.is_staff or "compliance_officer" in principal.roles
+
+
+def _public(payment: StoredPayment, live: PaymentState | None = None) -> PaymentPublic:
+    timeline = live.timeline if live else None
+    return PaymentPublic(
+        id=payment.id,
+        kind=payment.kind,
+        status=live.status if live else payment.status,
+        amount=payment.amount,
+        currency=payment.currency,
+        source_account_id=payment.source_account_id,
+        destination_account_id=payment.destination_account_id,
+        payment_method=payment.payment_method,
+        payout_destination=payment.payout_destination,
+        decline_code=live.decline_code if live else payment.decline_code,
+        risk=_risk(payment, live),
+        review_id=live.review_id if live else payment.review_id,
+        captured_amount=live.captured_amount if live else payment.captured_amount,
+        refunded_amount=payment.refunded_amount,
+        waiting_for=(live.waiting_for or None) if live else None,
+        timeline=[TimelinePublic(at=e.at, event=e.event, detail=e.detail) for e in timeline]
+        if timeline is not None
+        else [TimelinePublic(**e) for e in payment.timeline],
+        created_at=payment.created_at,
+        completed_at=payment.completed_at,
+    )
+
+
+async def _start(
+    client: Client, payment: StoredPayment, settings_threshold: int, task_queue: str
+) -> None:
+    """Start the saga once; a repeat (retry, concurrent duplicate) finds it started."""
+    request = PaymentInput(
+        payment_id=payment.id,
+        kind=cast(PaymentKind, payment.kind),  # the table's CHECK allows only kinds
+        customer_id=payment.customer_id,
+        client_id=payment.client_id,
+        amount=payment.amount,
+        currency=payment.currency,
+        source_account_id=payment.source_account_id,
+        destination_account_id=payment.destination_account_id,
+        payment_method=payment.payment_method,
+        payout_destination=payment.payout_destination,
+        created_at=payment.created_at.isoformat(),
+        four_eyes_threshold_minor=settings_threshold,
+    )
+    try:
+        await client.start_workflow(
+            PAYMENT_WORKFLOW,
+            request,
+            id=payment.id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            # A finished payment is never run again under its id.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=payment_search_attributes(
+                status="processing",
+                kind=payment.kind,
+                customer_id=payment.customer_id,
+                amount=payment.amount,
+                currency=payment.currency,
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        pass
+    except RPCError as exc:
+        raise ProblemError(
+            503,
+            "unavailable",
+            "The payment could not be started",
+            "retry with the same Idempotency-Key; the payment will start once",
+        ) from exc
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=PaymentPublic)
+async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
+    body: PaymentCreate,
+    request: Request,
+    response: Response,
+    principal: Payer,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+    temporal: TemporalClientDep,
+    key: IdempotencyHeader = None,
+) -> PaymentPublic:
+    """Move money: top up a wallet by card, transfer between wallets, or pay out to a bank."""
+    key = _require_key(key)
+    problems = body.kind_problems()
+    if problems:
+        raise ProblemError(
+            422, "validation_failed", "The request has invalid fields",
+            ", ".join(p["field"] for p in problems), errors=problems,
+        )  # fmt: skip
+    client = _temporal(temporal)
+    acting_customer = None if "app" in principal.roles else principal.subject
+    if body.kind == "topup":
+        assert body.destination_account_id is not None  # noqa: S101 - kind_problems checked
+        wallet = await _wallet(ledger, body.destination_account_id, "destination_account_id",
+                               body.currency, acting_customer)  # fmt: skip
+        customer = wallet.owner
+    else:
+        assert body.source_account_id is not None  # noqa: S101 - kind_problems checked
+        wallet = await _wallet(ledger, body.source_account_id, "source_account_id",
+                               body.currency, acting_customer)  # fmt: skip
+        customer = wallet.owner
+        if body.kind == "transfer":
+            assert body.destination_account_id is not None  # noqa: S101
+            if body.destination_account_id == body.source_account_id:
+                raise _invalid("destination_account_id", "accounts_must_be_different",
+                               "a transfer needs two different wallets")  # fmt: skip
+            await _wallet(ledger, body.destination_account_id, "destination_account_id",
+                          body.currency, None)  # fmt: skip
+    store = _payments(request)
+    payment, created = await store.create(
+        NewPayment(
+            id=new_id("pay"),
+            kind=body.kind,
+            customer_id=customer,
+            client_id=principal.client_id if "app" in principal.roles else None,
+            created_by=principal.subject,
+            amount=body.amount,
+            currency=body.currency,
+            source_account_id=body.source_account_id,
+            destination_account_id=body.destination_account_id,
+            payment_method=body.payment_method,
+            payout_destination=body.payout_destination,
+        ),
+        scope=principal.subject,
+        key=key,
+        request_hash=_fingerprint(body),
+    )
+    if payment.status not in TERMINAL_STATUSES:
+        await _start(client, payment, settings.four_eyes_threshold_minor, settings.task_queue)
+    response.headers["Location"] = f"/v1/payments/{payment.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _public(payment)
+
+
+async def _live(client: Client | None, payment: StoredPayment) -> PaymentState | None:
+    """The saga's own view while it runs (status, timeline, what it waits for)."""
+    if client is None or payment.status in TERMINAL_STATUSES:
+        return None
+    try:
+        state: PaymentState = await client.get_workflow_handle(payment.id).query(
+            "get_payment", result_type=PaymentState
+        )
+    except RPCError:
+        return None  # the table's view is still a true one, only older
+    return state
+
+
+@router.get("/{payment_id}", response_model=PaymentPublic)
+async def get_payment(
+    payment_id: str, request: Request, principal: Reader, temporal: TemporalClientDep
+) -> PaymentPublic:
+    """Status, amounts, decline code, risk band and reasons, timeline."""
+    payment = _visible(principal, await _payments(request).get(payment_id), payment_id)
+    return _public(payment, await _live(temporal, payment))
+
+
+@router.get("", response_model=PaymentList)
+async def list_payments(  # noqa: PLR0917 - FastAPI passes query parameters by name
+    request: Request,
+    principal: Reader,
+    status_: Annotated[str | None, Query(alias="status", max_length=30)] = None,
+    kind: Annotated[str | None, Query(max_length=20)] = None,
+    customer_id: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^pay_[0-9a-z]{26}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> PaymentList:
+    """Your payments, newest first; ``next_cursor`` pages. Staff may filter by customer."""
+    store = _payments(request)
+    scope: dict[str, str | None] = {}
+    if _sees_all(principal):
+        scope["customer_id"] = customer_id
+    elif "app" in principal.roles:
+        scope["client_id"] = principal.client_id
+    else:
+        scope["customer_id"] = principal.subject
+    rows = await store.list_payments(
+        **scope, status=status_, kind=kind, before=cursor, limit=limit + 1
+    )
+    page = rows[:limit]
+    return PaymentList(
+        data=[_public(p) for p in page],
+        next_cursor=page[-1].id if len(rows) > limit and page else None,
+    )
+
+
+@router.post("/{payment_id}/cancel", response_model=PaymentPublic)
+async def cancel_payment(
+    payment_id: str, request: Request, principal: Actor, temporal: TemporalClientDep
+) -> PaymentPublic:
+    """Cancel, honoured until the money starts moving at the gateway (or, for a transfer,
+    until it is posted). 409 ``payment_not_cancelable`` after that."""
+    store = _payments(request)
+    payment = _visible(principal, await store.get(payment_id), payment_id)
+    client = _temporal(temporal)
+    too_late = ProblemError(
+        409, "payment_not_cancelable", "The payment can no longer be canceled",
+        f"payment {payment_id} is {payment.status}",
+    )  # fmt: skip
+    if payment.status in TERMINAL_STATUSES:
+        raise too_late
+    try:
+        state: PaymentState = await client.get_workflow_handle(payment_id).execute_update(
+            "cancel", result_type=PaymentState
+        )
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type == "PaymentNotCancelable":
+            raise ProblemError(
+                409, "payment_not_cancelable", "The payment can no longer be canceled",
+                cause.message,
+            ) from exc  # fmt: skip
+        raise
+    except RPCError as exc:  # the saga finished meanwhile
+        raise too_late from exc
+    refreshed = await store.get(payment_id)
+    return _public(refreshed or payment, state)
+
+
+async def _start_refund(
+    client: Client, payment: StoredPayment, refund: StoredRefund, task_queue: str
+) -> None:
+    # The money goes back the way it came: out of the wallet that received it.
+    destination = payment.destination_account_id or ""  # both kinds have one (table CHECK)
+    if payment.kind == "topup":
+        debit, credit = destination, platform_account_id(GATEWAY_CLEARING, payment.currency)
+    else:
+        debit, credit = destination, payment.source_account_id or ""
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            REFUND_WORKFLOW,
+            RefundInput(
+                refund_id=refund.id,
+                payment_id=payment.id,
+                kind=cast(PaymentKind, payment.kind),  # the table's CHECK allows only kinds
+                customer_id=payment.customer_id,
+                client_id=payment.client_id,
+                amount=refund.amount,
+                currency=payment.currency,
+                debit_account_id=debit,
+                credit_account_id=credit,
+                gateway_reference=payment.gateway_reference if payment.kind == "topup" else None,
+            ),
+            id=refund.id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=payment_search_attributes(
+                status=payment.status,
+                kind="refund",
+                customer_id=payment.customer_id,
+                amount=refund.amount,
+                currency=payment.currency,
+            ),
+        )
+
+
+def _refund_public(refund: StoredRefund) -> RefundPublic:
+    return RefundPublic(
+        id=refund.id,
+        payment_id=refund.payment_id,
+        amount=refund.amount,
+        status=refund.status,
+        failure_code=refund.failure_code,
+        created_at=refund.created_at,
+        completed_at=refund.completed_at,
+    )
+
+
+@router.post(
+    "/{payment_id}/refunds", status_code=status.HTTP_202_ACCEPTED, response_model=RefundPublic
+)
+async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
+    payment_id: str,
+    body: RefundCreate,
+    request: Request,
+    response: Response,
+    principal: Actor,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+    temporal: TemporalClientDep,
+    key: IdempotencyHeader = None,
+) -> RefundPublic:
+    """Give back part or all of a succeeded top-up or transfer. The refunds of a payment
+    never add up to more than was captured (409 ``refund_exceeds_capture``)."""
+    key = _require_key(key)
+    store = _payments(request)
+    payment = _visible(principal, await store.get(payment_id), payment_id)
+    if payment.kind == "payout":
+        raise ProblemError(409, "payment_not_refundable", "Payouts cannot be refunded",
+                           "a payout has left for the bank")  # fmt: skip
+    if payment.kind == "transfer" and not (
+        principal.is_staff or "app" in principal.roles
+    ):  # the sender cannot pull money back out of someone else's wallet
+        raise ProblemError(403, "forbidden", "Not allowed",
+                           "transfers are refunded by operators or the app")  # fmt: skip
+    client = _temporal(temporal)
+    already = sum(r.amount for r in await store.refunds_of(payment_id) if r.status != "failed")
+    amount = body.amount if body.amount is not None else payment.captured_amount - already
+    if amount <= 0:
+        raise ProblemError(409, "refund_exceeds_capture", "Nothing left to refund",
+                           f"payment {payment_id} is refunded in full")  # fmt: skip
+    refund, created = await store.reserve_refund(
+        refund_id=new_id("rfd"),
+        payment_id=payment_id,
+        amount=amount,
+        scope=principal.subject,
+        key=key,
+        request_hash=_fingerprint(body, payment_id),
+        created_by=principal.subject,
+    )
+    if refund.status == "pending":
+        await _start_refund(client, payment, refund, settings.task_queue)
+    response.headers["Location"] = f"/v1/payments/{payment_id}/refunds/{refund.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _refund_public(refund)
+
+
+@router.get("/{payment_id}/refunds", response_model=list[RefundPublic])
+async def list_refunds(payment_id: str, request: Request, principal: Reader) -> list[RefundPublic]:
+    store = _payments(request)
+    _visible(principal, await store.get(payment_id), payment_id)
+    return [_refund_public(r) for r in await store.refunds_of(payment_id)]

@@ -1,0 +1,145 @@
+"""Webhook endpoints of apps: where the platform posts signed events (``infra.webhooks``).
+
+Only callers with the ``app`` role (a client-credentials token, e.g. ``bfc-app``) manage
+endpoints, and only their own: the token's client id owns what it registers; another
+app's endpoint answers 404, exactly like a missing one.
+
+URLs must be ``https://``; plain ``http://`` is accepted too while the setting
+``webhooks_allow_http`` (``BFC_WEBHOOKS_ALLOW_HTTP``) is true, as it is by default for the
+local stack, whose receivers listen on loopback. Production sets it to false.
+
+A request that breaks one rule answers 422 with that rule's ``code`` (``invalid_url``,
+``unknown_event_type``); one that breaks several answers ``validation_failed``. Either
+way ``errors`` lists every offending field with its own ``code``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from fastapi import APIRouter, Depends, Response, status
+
+from api.auth import Principal, require_role
+from api.deps import EngineDep, SettingsDep
+from api.errors import ProblemError
+from infra.webhook_store import WebhookStore
+from models.notifications import EVENT_TYPES
+from models.webhook_schemas import (
+    WebhookEndpointCreate,
+    WebhookEndpointList,
+    WebhookEndpointPublic,
+)
+
+router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
+
+AppPrincipal = Annotated[Principal, require_role("app")]
+
+
+def get_webhook_store(engine: EngineDep) -> WebhookStore:
+    return WebhookStore(engine)
+
+
+WebhookStoreDep = Annotated[WebhookStore, Depends(get_webhook_store)]
+
+
+def _client_of(principal: Principal) -> str:
+    if principal.client_id is None:  # every Keycloak access token names its client (azp)
+        raise ProblemError(403, "forbidden", "Not allowed", "the token names no client")
+    return principal.client_id
+
+
+def url_problem(url: str, *, allow_http: bool) -> str | None:
+    """Why ``url`` cannot receive webhooks, or None when it can."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "the URL contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: a bad one raises
+    except ValueError as exc:
+        return f"the URL cannot be parsed: {exc}"
+    allowed = ("https", "http") if allow_http else ("https",)
+    rules = [
+        (
+            parts.scheme in allowed,
+            f"the URL must start with {' or '.join(f'{s}://' for s in allowed)}",
+        ),
+        (bool(parts.hostname), "the URL has no host"),
+        (
+            parts.username is None and parts.password is None,
+            "the URL must not carry credentials",
+        ),
+        (not parts.fragment, "the URL must not have a fragment"),
+    ]
+    return next((message for ok, message in rules if not ok), None)
+
+
+def _invalid(errors: list[dict[str, str]]) -> ProblemError:
+    code = errors[0]["code"] if len(errors) == 1 else "validation_failed"
+    fields = ", ".join(e["field"] for e in errors)
+    return ProblemError(
+        422, code, "The request is not valid", f"invalid field(s): {fields}", errors=errors
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookEndpointPublic)
+async def create_webhook_endpoint(
+    body: WebhookEndpointCreate,
+    principal: AppPrincipal,
+    store: WebhookStoreDep,
+    settings: SettingsDep,
+) -> WebhookEndpointPublic:
+    """Register an endpoint that receives the chosen event types, signed."""
+    client_id = _client_of(principal)
+    errors: list[dict[str, Any]] = []
+    problem = url_problem(body.url, allow_http=settings.webhooks_allow_http)
+    if problem is not None:
+        errors.append({"field": "url", "code": "invalid_url", "message": problem})
+    for index, event_type in enumerate(body.event_types):
+        if event_type not in EVENT_TYPES:
+            errors.append(
+                {
+                    "field": f"event_types.{index}",
+                    "code": "unknown_event_type",
+                    "message": f"{event_type!r} is not one of: {', '.join(sorted(EVENT_TYPES))}",
+                }
+            )
+    if errors:
+        raise _invalid(errors)
+    endpoint = await asyncio.to_thread(
+        store.add_endpoint,
+        client_id=client_id,
+        # urlsplit lower-cases the scheme; the rest is kept as the app wrote it.
+        url=urlunsplit(urlsplit(body.url)),
+        event_types=list(dict.fromkeys(body.event_types)),
+        created_by=principal.subject,
+    )
+    return WebhookEndpointPublic.of(endpoint)
+
+
+@router.get("", response_model=WebhookEndpointList)
+async def list_webhook_endpoints(
+    principal: AppPrincipal, store: WebhookStoreDep
+) -> WebhookEndpointList:
+    """The calling app's endpoints (deleted ones are gone; disabled ones show enabled=false)."""
+    endpoints = await asyncio.to_thread(store.list_endpoints, client_id=_client_of(principal))
+    return WebhookEndpointList(data=[WebhookEndpointPublic.of(e) for e in endpoints])
+
+
+@router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+async def delete_webhook_endpoint(
+    endpoint_id: str, principal: AppPrincipal, store: WebhookStoreDep
+) -> Response:
+    """Delete one of the calling app's endpoints; it receives nothing from then on."""
+    deleted = await asyncio.to_thread(
+        store.delete_endpoint,
+        client_id=_client_of(principal),
+        endpoint_id=endpoint_id,
+        deleted_by=principal.subject,
+    )
+    if not deleted:
+        raise ProblemError(
+            404, "webhook_endpoint_not_found", "No such webhook endpoint", endpoint_id
+        )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

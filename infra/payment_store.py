@@ -1,0 +1,394 @@
+"""The payments table: what the API accepted, what the saga recorded, what the risk score counts.
+
+Idempotency: a payment request is keyed by ``(scope, Idempotency-Key)`` where the scope is
+the caller. The payment row and its key row are written in one transaction; a concurrent
+duplicate waits on the key's primary key and then finds the first request's payment, so 50
+identical POSTs make one payment. The same key with another body is refused.
+
+Refunds are reserved under a row lock on the payment: the sum of refunds that have not
+failed never exceeds the captured amount, however many arrive at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from models.errors import BusinessRuleError
+from models.payment import PaymentRecord, RefundRecord
+
+
+class IdempotencyKeyReused(BusinessRuleError):
+    code = "idempotency_key_reused"
+    status = 409
+
+
+class RefundExceedsCapture(BusinessRuleError):
+    code = "refund_exceeds_capture"
+    status = 409
+
+
+class PaymentNotRefundable(BusinessRuleError):
+    code = "payment_not_refundable"
+    status = 409
+
+
+@dataclass(frozen=True)
+class NewPayment:
+    id: str
+    kind: str
+    customer_id: str
+    client_id: str | None
+    created_by: str
+    amount: int
+    currency: str
+    source_account_id: str | None
+    destination_account_id: str | None
+    payment_method: str | None
+    payout_destination: str | None
+
+
+@dataclass(frozen=True)
+class StoredPayment:
+    id: str
+    kind: str
+    status: str
+    customer_id: str
+    client_id: str | None
+    created_by: str
+    amount: int
+    currency: str
+    source_account_id: str | None
+    destination_account_id: str | None
+    payment_method: str | None
+    payout_destination: str | None
+    decline_code: str | None
+    risk_band: str | None
+    risk_score: float | None
+    risk_reasons: list[str] | None
+    model_version: str | None
+    review_id: str | None
+    gateway_reference: str | None
+    captured_amount: int
+    refunded_amount: int
+    timeline: list[dict[str, Any]]
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredRefund:
+    id: str
+    payment_id: str
+    amount: int
+    status: str
+    failure_code: str | None
+    gateway_reference: str | None
+    created_by: str
+    created_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RiskHistory:
+    """The customer's recent payments as the risk rules count them (this one excluded)."""
+
+    payments_last_hour: int
+    amount_last_24h: int
+    known_beneficiary: bool
+    first_payment_at: datetime | None
+
+
+_PAYMENT_COLUMNS = ", ".join(StoredPayment.__dataclass_fields__)
+_PREFIXED_COLUMNS = ", ".join(f"p.{c}" for c in StoredPayment.__dataclass_fields__)
+_REFUND_COLUMNS = (
+    "id, payment_id, amount, status, failure_code, gateway_reference, created_by, "
+    "created_at, completed_at"
+)
+# Attempts that moved no money do not count toward limits and velocity.
+_COUNTED = "status NOT IN ('declined', 'failed', 'canceled')"
+
+
+class PaymentStore:
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def create(
+        self, payment: NewPayment, *, scope: str, key: str, request_hash: str
+    ) -> tuple[StoredPayment, bool]:
+        """The payment for this key: newly created (True) or the one a retry refers to."""
+        async with self._pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(
+                        "INSERT INTO payments (id, kind, status, customer_id, client_id, "  # noqa: S608 - constant column lists
+                        "created_by, amount, currency, source_account_id, "
+                        "destination_account_id, payment_method, payout_destination) "
+                        "VALUES (%(id)s, %(kind)s, 'processing', %(customer_id)s, %(client_id)s, "
+                        "%(created_by)s, %(amount)s, %(currency)s, %(source_account_id)s, "
+                        "%(destination_account_id)s, %(payment_method)s, %(payout_destination)s) "
+                        f"RETURNING {_PAYMENT_COLUMNS}",
+                        asdict(payment),
+                    )
+                    created = await cur.fetchone()
+                    await cur.execute(
+                        "INSERT INTO payment_requests (scope, idempotency_key, request_hash, "
+                        "payment_id) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING "
+                        "RETURNING payment_id",
+                        (scope, key, request_hash, payment.id),
+                    )
+                    if await cur.fetchone() is None:
+                        raise _KeyTaken
+                    return StoredPayment(**_row(created)), True
+            except _KeyTaken:
+                pass  # the transaction rolled back: our payment row is gone
+            return await self._existing(conn, scope, key, request_hash), False
+
+    async def _existing(
+        self, conn: AsyncConnection[Any], scope: str, key: str, request_hash: str
+    ) -> StoredPayment:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            f"SELECT r.request_hash, {_PREFIXED_COLUMNS} "  # noqa: S608 - constant columns
+            "FROM payment_requests r JOIN payments p ON p.id = r.payment_id "
+            "WHERE r.scope = %s AND r.idempotency_key = %s",
+            (scope, key),
+        )
+        row = await cur.fetchone()
+        if row is None:  # keys are never deleted; the conflicting row must be there
+            raise RuntimeError(f"idempotency key of {scope} vanished")
+        if row.pop("request_hash") != request_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
+        return StoredPayment(**row)
+
+    async def get(self, payment_id: str) -> StoredPayment | None:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s",  # noqa: S608 - constant column lists
+                (payment_id,),
+            )
+            row = await cur.fetchone()
+        return StoredPayment(**row) if row else None
+
+    async def list_payments(
+        self,
+        *,
+        customer_id: str | None = None,
+        client_id: str | None = None,
+        status: str | None = None,
+        kind: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[StoredPayment]:
+        """Newest first; ``before`` is the id of the last payment of the previous page
+        (ids sort by creation time)."""
+        where, params = [], []
+        for column, value in (
+            ("customer_id", customer_id),
+            ("client_id", client_id),
+            ("status", status),
+            ("kind", kind),
+        ):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if before is not None:
+            where.append("id < %s")
+            params.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_PAYMENT_COLUMNS} FROM payments {clause} ORDER BY id DESC LIMIT %s",  # noqa: S608 - constant column lists
+                [*params, limit],
+            )
+            return [StoredPayment(**row) for row in await cur.fetchall()]
+
+    async def record(self, record: PaymentRecord) -> None:
+        """The saga's state. A terminal row is never moved by a late or repeated write:
+        only refunds (``record_refund``) change a finished payment."""
+        risk = record.risk
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE payments SET status = %(status)s, decline_code = %(decline_code)s, "
+                "risk_band = %(band)s, risk_score = %(score)s, risk_reasons = %(reasons)s, "
+                "model_version = %(model)s, review_id = %(review_id)s, "
+                "gateway_reference = %(gateway_reference)s, "
+                "captured_amount = %(captured)s, timeline = %(timeline)s, updated_at = now(), "
+                "completed_at = CASE WHEN %(status)s IN ('succeeded', 'declined', 'failed', "
+                "'canceled') THEN now() END "
+                "WHERE id = %(id)s AND status IN ('processing', 'in_review')",
+                {
+                    "id": record.payment_id,
+                    "status": record.status,
+                    "decline_code": record.decline_code,
+                    "band": risk.band if risk else None,
+                    "score": risk.score if risk else None,
+                    "reasons": risk.reasons if risk else None,
+                    "model": risk.model_version if risk else None,
+                    "review_id": record.review_id,
+                    "gateway_reference": record.gateway_reference,
+                    "captured": record.captured_amount,
+                    "timeline": Jsonb([asdict(entry) for entry in record.timeline]),
+                },
+            )
+
+    async def risk_history(
+        self, *, customer_id: str, currency: str, beneficiary: str | None, payment_id: str,
+        at: datetime,
+    ) -> RiskHistory:  # fmt: skip
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT "  # noqa: S608 - constant column lists
+                f"  count(*) FILTER (WHERE created_at > %(hour)s AND {_COUNTED}) AS last_hour, "
+                "   coalesce(sum(amount) FILTER (WHERE created_at > %(day)s AND "
+                f"    currency = %(currency)s AND {_COUNTED}), 0) AS last_day, "
+                "   coalesce(bool_or(status = 'succeeded' AND (destination_account_id = %(b)s "
+                "    OR payout_destination = %(b)s)), false) AS known, "
+                "   min(created_at) AS first_at "
+                "FROM payments WHERE customer_id = %(customer)s AND id <> %(id)s "
+                "AND created_at <= %(at)s",
+                {
+                    "hour": at - timedelta(hours=1),
+                    "day": at - timedelta(days=1),
+                    "currency": currency,
+                    "b": beneficiary,
+                    "customer": customer_id,
+                    "id": payment_id,
+                    "at": at,
+                },
+            )
+            row = _row(await cur.fetchone())
+        return RiskHistory(
+            payments_last_hour=row["last_hour"],
+            amount_last_24h=int(row["last_day"]),
+            known_beneficiary=row["known"],
+            first_payment_at=row["first_at"],
+        )
+
+    async def reserve_refund(
+        self,
+        *,
+        refund_id: str,
+        payment_id: str,
+        amount: int,
+        scope: str,
+        key: str,
+        request_hash: str,
+        created_by: str,
+    ) -> tuple[StoredRefund, bool]:
+        """Reserve ``amount`` of the captured money for a refund, or find the refund a retry
+        of the same request made. Raises when the payment cannot give that much back."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT status, captured_amount FROM payments WHERE id = %s FOR UPDATE",
+                (payment_id,),
+            )
+            payment = await cur.fetchone()
+            if payment is None:
+                raise LookupError(payment_id)
+            await cur.execute(
+                f"SELECT request_hash, {_REFUND_COLUMNS} FROM payment_refunds "  # noqa: S608 - constant column lists
+                "WHERE scope = %s AND idempotency_key = %s",
+                (scope, key),
+            )
+            existing = await cur.fetchone()
+            if existing is not None:
+                if existing.pop("request_hash") != request_hash:
+                    raise IdempotencyKeyReused("this Idempotency-Key was used for another refund")
+                return StoredRefund(**existing), False
+            if payment["status"] not in {"succeeded", "partially_refunded"}:
+                raise PaymentNotRefundable(f"a {payment['status']} payment cannot be refunded")
+            await cur.execute(
+                "SELECT coalesce(sum(amount), 0) AS reserved FROM payment_refunds "
+                "WHERE payment_id = %s AND status <> 'failed'",
+                (payment_id,),
+            )
+            reserved = _row(await cur.fetchone())
+            left = payment["captured_amount"] - int(reserved["reserved"])
+            if amount > left:
+                raise RefundExceedsCapture(
+                    f"{amount} exceeds what is left to refund ({left} of "
+                    f"{payment['captured_amount']} captured)"
+                )
+            await cur.execute(
+                "INSERT INTO payment_refunds (id, payment_id, amount, status, scope, "  # noqa: S608 - constant column lists
+                "idempotency_key, request_hash, created_by) "
+                f"VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s) RETURNING {_REFUND_COLUMNS}",
+                (refund_id, payment_id, amount, scope, key, request_hash, created_by),
+            )
+            return StoredRefund(**_row(await cur.fetchone())), True
+
+    async def record_refund(self, record: RefundRecord) -> str:
+        """Finish a refund once; returns the payment's status after it."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT captured_amount FROM payments WHERE id = %s FOR UPDATE",
+                (record.payment_id,),
+            )
+            await cur.execute(
+                "UPDATE payment_refunds SET status = %s, failure_code = %s, "
+                "gateway_reference = %s, completed_at = now() "
+                "WHERE id = %s AND status = 'pending'",
+                (record.status, record.failure_code, record.gateway_reference, record.refund_id),
+            )
+            await cur.execute(
+                "UPDATE payments p SET refunded_amount = r.done, updated_at = now(), "
+                "status = CASE WHEN r.done = 0 THEN p.status "
+                "              WHEN r.done >= p.captured_amount THEN 'refunded' "
+                "              ELSE 'partially_refunded' END "
+                "FROM (SELECT coalesce(sum(amount), 0) AS done FROM payment_refunds "
+                "      WHERE payment_id = %s AND status = 'succeeded') r "
+                "WHERE p.id = %s RETURNING p.status",
+                (record.payment_id, record.payment_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise LookupError(record.payment_id)
+        status: str = row["status"]
+        return status
+
+    async def refunds_of(self, payment_id: str) -> list[StoredRefund]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_REFUND_COLUMNS} FROM payment_refunds WHERE payment_id = %s "  # noqa: S608 - constant column lists
+                "ORDER BY created_at, id",
+                (payment_id,),
+            )
+            return [StoredRefund(**row) for row in await cur.fetchall()]
+
+
+def _row(row: dict[str, Any] | None) -> dict[str, Any]:
+    """A row a statement always returns (an INSERT … RETURNING, an aggregate)."""
+    if row is None:
+        raise RuntimeError("the database returned no row where one is certain")
+    return row
+
+
+class _KeyTaken(Exception):
+    """Inside ``create``: another request owns the key; roll back and read theirs."""
+
+
+__all__ = [
+    "IdempotencyKeyReused",
+    "NewPayment",
+    "PaymentNotRefundable",
+    "PaymentStore",
+    "RefundExceedsCapture",
+    "RiskHistory",
+    "StoredPayment",
+    "StoredRefund",
+]

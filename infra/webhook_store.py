@@ -1,0 +1,317 @@
+"""Webhook endpoints, platform events, delivery attempts and sent customer mails.
+
+The schema is owned by the migration ``0005_webhooks``; the tables below describe it for
+SQLAlchemy Core. Endpoints are never removed: a deleted endpoint keeps its row (with
+``deleted_at``) so every delivery attempt in the trail still names its URL.
+Registering, deleting and disabling an endpoint is written to the audit log in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Identity,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.engine import RowMapping
+from sqlmodel import Session
+
+from infra.audit import record_audit_event
+from models.ids import new_id
+from models.notifications import DeliveryAttempt, PlatformEvent, WebhookEndpoint
+
+# Kept apart from SQLModel.metadata: Alembic's environment compares that one with the
+# database, and these tables are written by hand in the migration.
+metadata = MetaData()
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("client_id", String(255), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("event_types", ARRAY(Text), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", String(64), nullable=False),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("type", String(60), nullable=False),
+    Column("client_id", String(255), nullable=True),
+    Column("customer_id", String(64), nullable=True),
+    Column("data", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("event_id", String(100), ForeignKey("events.id"), nullable=False),
+    Column("endpoint_id", String(40), ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+event_emails = Table(
+    "event_emails",
+    metadata,
+    Column("event_id", String(100), ForeignKey("events.id"), primary_key=True),
+    Column("message_id", String(200), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# What the error column keeps of a failure: enough for an operator, bounded in size.
+_MAX_ERROR = 500
+
+
+def _endpoint(row: RowMapping) -> WebhookEndpoint:
+    return WebhookEndpoint(
+        id=row["id"],
+        client_id=row["client_id"],
+        url=row["url"],
+        event_types=list(row["event_types"]),
+        enabled=row["enabled"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        deleted=row["deleted_at"] is not None,
+    )
+
+
+def _attempt(row: RowMapping) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        event_id=row["event_id"],
+        endpoint_id=row["endpoint_id"],
+        attempt=row["attempt"],
+        status_code=row["status_code"],
+        error=row["error"],
+        at=row["at"],
+    )
+
+
+class WebhookStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    # -- endpoints (the API) ----------------------------------------------------------------
+    def add_endpoint(
+        self, *, client_id: str, url: str, event_types: list[str], created_by: str
+    ) -> WebhookEndpoint:
+        endpoint_id = new_id("we")
+        with Session(self._engine) as session:
+            row = (
+                session.connection()
+                .execute(
+                    webhook_endpoints.insert()
+                    .values(
+                        id=endpoint_id,
+                        client_id=client_id,
+                        url=url,
+                        event_types=event_types,
+                        enabled=True,
+                        created_by=created_by,
+                    )
+                    .returning(*webhook_endpoints.c)
+                )
+                .mappings()
+                .one()
+            )
+            # The URL is the app's own address, not personal data; secrets never appear.
+            record_audit_event(
+                session,
+                actor=created_by,
+                action="webhooks.endpoint_created",
+                subject=endpoint_id,
+                details={"client_id": client_id, "url": url, "event_types": event_types},
+            )
+            session.commit()
+        return _endpoint(row)
+
+    def list_endpoints(self, *, client_id: str) -> list[WebhookEndpoint]:
+        statement = (
+            select(webhook_endpoints)
+            .where(
+                webhook_endpoints.c.client_id == client_id,
+                webhook_endpoints.c.deleted_at.is_(None),
+            )
+            .order_by(webhook_endpoints.c.id)
+        )
+        with self._engine.connect() as conn:
+            return [_endpoint(row) for row in conn.execute(statement).mappings()]
+
+    def delete_endpoint(self, *, client_id: str, endpoint_id: str, deleted_by: str) -> bool:
+        """Delete the app's own endpoint; False when it has none by that id (another app's
+        endpoint is exactly as absent as a missing one)."""
+        with Session(self._engine) as session:
+            result = session.connection().execute(
+                update(webhook_endpoints)
+                .where(
+                    webhook_endpoints.c.id == endpoint_id,
+                    webhook_endpoints.c.client_id == client_id,
+                    webhook_endpoints.c.deleted_at.is_(None),
+                )
+                .values(enabled=False, deleted_at=func.now())
+            )
+            if result.rowcount == 0:
+                return False
+            record_audit_event(
+                session,
+                actor=deleted_by,
+                action="webhooks.endpoint_deleted",
+                subject=endpoint_id,
+                details={"client_id": client_id},
+            )
+            session.commit()
+        return True
+
+    def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        statement = select(webhook_endpoints).where(webhook_endpoints.c.id == endpoint_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(statement).mappings().one_or_none()
+        return None if row is None else _endpoint(row)
+
+    def disable_endpoint(self, endpoint_id: str, *, reason: str) -> None:
+        with Session(self._engine) as session:
+            result = session.connection().execute(
+                update(webhook_endpoints)
+                .where(webhook_endpoints.c.id == endpoint_id, webhook_endpoints.c.enabled)
+                .values(enabled=False)
+            )
+            if result.rowcount:
+                record_audit_event(
+                    session,
+                    actor="webhooks",
+                    action="webhooks.endpoint_disabled",
+                    subject=endpoint_id,
+                    details={"reason": reason},
+                )
+            session.commit()
+
+    # -- events and deliveries (the activities) ---------------------------------------------
+    def record_event(self, event: PlatformEvent) -> list[str]:
+        """Store the event once (a retry inserts nothing) and return the ids of its app's
+        enabled endpoints subscribed to its type."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(events)
+                .values(
+                    id=event.id,
+                    type=event.type,
+                    client_id=event.client_id,
+                    customer_id=event.customer_id,
+                    data=event.data,
+                    created_at=datetime.fromisoformat(event.created_at),
+                )
+                .on_conflict_do_nothing(index_elements=[events.c.id])
+            )
+            if event.client_id is None:
+                return []
+            statement = (
+                select(webhook_endpoints.c.id)
+                .where(
+                    webhook_endpoints.c.client_id == event.client_id,
+                    webhook_endpoints.c.enabled,
+                    webhook_endpoints.c.deleted_at.is_(None),
+                    webhook_endpoints.c.event_types.contains([event.type]),
+                )
+                .order_by(webhook_endpoints.c.id)
+            )
+            return list(conn.execute(statement).scalars())
+
+    def get_event(self, event_id: str) -> PlatformEvent | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(events).where(events.c.id == event_id)).mappings()
+            found = row.one_or_none()
+        if found is None:
+            return None
+        return PlatformEvent(
+            id=found["id"],
+            type=found["type"],
+            created_at=found["created_at"].astimezone(UTC).isoformat(),
+            client_id=found["client_id"],
+            customer_id=found["customer_id"],
+            data=found["data"],
+        )
+
+    def record_attempt(
+        self,
+        *,
+        event_id: str,
+        endpoint_id: str,
+        attempt: int,
+        status_code: int | None,
+        error: str | None,
+    ) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                webhook_deliveries.insert().values(
+                    event_id=event_id,
+                    endpoint_id=endpoint_id,
+                    attempt=attempt,
+                    status_code=status_code,
+                    error=None if error is None else error[:_MAX_ERROR],
+                )
+            )
+
+    def accepted_attempt(self, *, event_id: str, endpoint_id: str) -> DeliveryAttempt | None:
+        """The attempt the receiver accepted, if one was (a retry after a lost result)."""
+        statement = (
+            select(webhook_deliveries)
+            .where(
+                webhook_deliveries.c.event_id == event_id,
+                webhook_deliveries.c.endpoint_id == endpoint_id,
+                webhook_deliveries.c.status_code.between(200, 299),
+            )
+            .order_by(webhook_deliveries.c.id)
+            .limit(1)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(statement).mappings().one_or_none()
+        return None if row is None else _attempt(row)
+
+    def list_attempts(self, event_id: str) -> list[DeliveryAttempt]:
+        statement = (
+            select(webhook_deliveries)
+            .where(webhook_deliveries.c.event_id == event_id)
+            .order_by(webhook_deliveries.c.id)
+        )
+        with self._engine.connect() as conn:
+            return [_attempt(row) for row in conn.execute(statement).mappings()]
+
+    # -- customer mails ------------------------------------------------------------------------
+    def mail_sent(self, event_id: str) -> bool:
+        statement = select(event_emails.c.event_id).where(event_emails.c.event_id == event_id)
+        with self._engine.connect() as conn:
+            return conn.execute(statement).first() is not None
+
+    def mark_mail_sent(self, event_id: str, *, message_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(event_emails)
+                .values(event_id=event_id, message_id=message_id)
+                .on_conflict_do_nothing(index_elements=[event_emails.c.event_id])
+            )

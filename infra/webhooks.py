@@ -1,0 +1,177 @@
+"""Signed webhooks: the signature scheme, and the sender that posts events to apps.
+
+Every request carries::
+
+    BFC-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, f"{t}.{raw body}")>
+    BFC-Event-Id: evt_…       (the receiver's de-duplication key; the same on every retry)
+    BFC-Event-Type: payment.succeeded
+
+A receiver recomputes the HMAC over the raw body it received (before parsing it) with the
+signing secret and compares in constant time; the timestamp is signed too, so a captured
+request cannot be replayed after the tolerance (five minutes). ``verify`` does exactly
+that, for receivers and for our tests. The secret is Vault's ``webhooks.signing_secret``.
+
+The sender raises on anything but a 2xx answer so that Temporal retries the activity with
+backoff; a 410 Gone means the receiver wants no more events (``EndpointGone``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from infra.settings import Settings
+
+SIGNATURE_HEADER = "BFC-Signature"
+EVENT_ID_HEADER = "BFC-Event-Id"
+EVENT_TYPE_HEADER = "BFC-Event-Type"
+SCHEME = "v1"
+DEFAULT_TOLERANCE_SECONDS = 300
+# What a delivery attempt keeps of a receiver's answer for operators (never the whole body).
+_ERROR_EXCERPT = 200
+
+
+class InvalidSignature(Exception):
+    """The signature header is missing, malformed, stale, or does not match the body."""
+
+
+def _digest(secret: str, timestamp: int, body: bytes) -> str:
+    message = f"{timestamp}.".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``BFC-Signature`` header value for ``body`` sent at ``timestamp``."""
+    return f"t={timestamp},{SCHEME}={_digest(secret, timestamp, body)}"
+
+
+def parse_signature(header: str) -> tuple[int, list[str]]:
+    """``t=…,v1=…[,v1=…]`` -> the timestamp and every v1 signature (several during a
+    secret rotation). Unknown schemes are ignored, so a later scheme can be added."""
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not value:
+            raise InvalidSignature(f"malformed signature element {item.strip()!r}")
+        if key == "t":
+            if not value.isdigit():
+                raise InvalidSignature("the timestamp is not a number of seconds")
+            timestamp = int(value)
+        elif key == SCHEME:
+            signatures.append(value)
+    if timestamp is None:
+        raise InvalidSignature("the signature header has no timestamp")
+    if not signatures:
+        raise InvalidSignature(f"the signature header has no {SCHEME} signature")
+    return timestamp, signatures
+
+
+def verify(
+    secret: str,
+    header: str | None,
+    body: bytes,
+    *,
+    now: float,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+) -> None:
+    """Check a received request; raise ``InvalidSignature`` unless it is ours and fresh.
+
+    ``now`` is the receiver's clock in unix seconds (``time.time()``).
+    """
+    if not header:
+        raise InvalidSignature(f"no {SIGNATURE_HEADER} header")
+    timestamp, signatures = parse_signature(header)
+    if abs(now - timestamp) > tolerance_seconds:
+        raise InvalidSignature("the timestamp is outside the tolerance (a replay, or a clock off)")
+    expected = _digest(secret, timestamp, body)
+    # Compare with every candidate, without an early exit that would time the match.
+    matched = False
+    for candidate in signatures:
+        matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
+        raise InvalidSignature("the signature does not match the body")
+
+
+def event_body(*, event_id: str, event_type: str, created_at: str, data: dict[str, Any]) -> bytes:
+    """The webhook body: compact, keys sorted, so every attempt sends the same bytes."""
+    document = {"id": event_id, "type": event_type, "created_at": created_at, "data": data}
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+class WebhookFailed(Exception):
+    """The receiver did not accept the event (non-2xx, timeout, no connection): retry."""
+
+    def __init__(self, message: str, *, status_code: int | None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class EndpointGone(WebhookFailed):
+    """410 Gone: the receiver asks us to stop sending to this endpoint."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    status_code: int
+
+
+def create_webhook_client(settings: Settings) -> httpx.AsyncClient:
+    """One client per worker process: pooled connections, bounded time per attempt."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.webhook_timeout_seconds, connect=5.0),
+        # A redirect is not an acceptance, and following one would let an endpoint point
+        # our signed requests somewhere it was never registered for.
+        follow_redirects=False,
+        headers={"User-Agent": "BFC-Webhooks/1"},
+    )
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        signing_secret: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._secret = signing_secret
+        self._clock = clock
+
+    async def send(self, *, url: str, event_id: str, event_type: str, body: bytes) -> Accepted:
+        """POST one signed event; ``Accepted`` on 2xx, else raise ``WebhookFailed``."""
+        # Signed now, at each attempt: a retry hours later still arrives fresh.
+        timestamp = int(self._clock())
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+            EVENT_ID_HEADER: event_id,
+            EVENT_TYPE_HEADER: event_type,
+        }
+        try:
+            # Streamed: a receiver's answer body is read only as far as an error excerpt
+            # needs, however much it sends.
+            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+                status = response.status_code
+                excerpt = b""
+                if not response.is_success:
+                    async for chunk in response.aiter_bytes():
+                        excerpt += chunk
+                        if len(excerpt) >= _ERROR_EXCERPT:
+                            break
+        except httpx.HTTPError as exc:
+            raise WebhookFailed(f"{type(exc).__name__}: {exc}", status_code=None) from exc
+        if status == httpx.codes.GONE:
+            raise EndpointGone("the endpoint answered 410 Gone", status_code=status)
+        if not 200 <= status < 300:
+            text = excerpt[:_ERROR_EXCERPT].decode(errors="replace")
+            raise WebhookFailed(f"the endpoint answered {status}: {text}", status_code=status)
+        return Accepted(status_code=status)

@@ -1,0 +1,435 @@
+"""Payments end to end: the API, the stack's worker, the ledger and the card gateway sandbox.
+
+Real tokens (alice and bob are customers, carol a compliance officer, olivia an operator),
+real workflows, real money movements. Wallets are one per customer and currency and live
+for the whole suite, so each test reasons about balance *changes*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from infra.settings import Settings
+from tests.helpers.logins import Logins
+from tests.helpers.payments import GatewayView, available, open_wallet, pay, pay_and_wait, wait_for
+
+pytestmark = pytest.mark.stack
+
+CURRENCY = "EUR"
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[GatewayView]:
+    view = GatewayView(settings)
+    yield view
+    await view.aclose()
+
+
+@pytest.fixture
+async def wallets(api: httpx.AsyncClient, logins: Logins) -> dict[str, str]:
+    return {
+        user: await open_wallet(api, logins.headers(user), CURRENCY) for user in ("alice", "bob")
+    }
+
+
+async def top_up(
+    api: httpx.AsyncClient, logins: Logins, wallet: str, amount: int
+) -> dict[str, Any]:
+    payment = await pay_and_wait(
+        api,
+        logins.headers("alice"),
+        {
+            "kind": "topup",
+            "destination_account_id": wallet,
+            "amount": amount,
+            "currency": CURRENCY,
+            "payment_method": "pm_card_visa",
+        },
+    )
+    assert payment["status"] == "succeeded", payment
+    return payment
+
+
+async def test_top_up_transfer_and_pay_out_move_exact_amounts(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
+) -> None:
+    alice, bob = logins.headers("alice"), logins.headers("bob")
+    a0 = await available(api, alice, wallets["alice"])
+    b0 = await available(api, bob, wallets["bob"])
+
+    topup = await top_up(api, logins, wallets["alice"], 10_000)
+    assert topup["captured_amount"] == 10_000
+    assert topup["risk"]["band"] == "approve" and topup["risk"]["model_version"]
+    events = [e["event"] for e in topup["timeline"]]
+    assert events[:5] == ["accepted", "risk_scored", "funds_held", "charged", "posted"]
+    charges = await gateway.charges(topup["id"])
+    assert [(c["status"], c["amount"]) for c in charges] == [("succeeded", 10_000)]
+
+    transfer = await pay_and_wait(
+        api,
+        alice,
+        {
+            "kind": "transfer",
+            "source_account_id": wallets["alice"],
+            "destination_account_id": wallets["bob"],
+            "amount": 2_500,
+            "currency": CURRENCY,
+        },
+    )
+    assert transfer["status"] == "succeeded", transfer
+    assert await gateway.charges(transfer["id"]) == []  # wallet to wallet: no gateway
+
+    payout = await pay_and_wait(
+        api,
+        alice,
+        {
+            "kind": "payout",
+            "source_account_id": wallets["alice"],
+            "amount": 1_500,
+            "currency": CURRENCY,
+            "payout_destination": "ba_bfc_ok",
+        },
+    )
+    assert payout["status"] == "succeeded", payout
+    assert [p["status"] for p in await gateway.payouts(payout["id"])] == ["paid"]
+
+    assert await available(api, alice, wallets["alice"]) == a0 + 10_000 - 2_500 - 1_500
+    assert await available(api, bob, wallets["bob"]) == b0 + 2_500
+
+
+async def test_a_declined_card_leaves_balances_untouched(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
+) -> None:
+    alice = logins.headers("alice")
+    before = await available(api, alice, wallets["alice"])
+    payment = await pay_and_wait(
+        api,
+        alice,
+        {
+            "kind": "topup",
+            "destination_account_id": wallets["alice"],
+            "amount": 4_200,
+            "currency": CURRENCY,
+            "payment_method": "pm_card_chargeDeclinedInsufficientFunds",
+        },
+    )
+    assert (payment["status"], payment["decline_code"]) == ("declined", "insufficient_funds")
+    assert "hold_voided" in [e["event"] for e in payment["timeline"]]
+    assert payment["captured_amount"] == 0
+    assert await available(api, alice, wallets["alice"]) == before
+    assert [c["status"] for c in await gateway.charges(payment["id"])] != ["succeeded"]
+
+
+async def test_an_overdraft_transfer_is_declined_with_insufficient_funds(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+) -> None:
+    bob = logins.headers("bob")
+    before = await available(api, bob, wallets["bob"])
+    payment = await pay_and_wait(
+        api,
+        bob,
+        {
+            "kind": "transfer",
+            "source_account_id": wallets["bob"],
+            "destination_account_id": wallets["alice"],
+            "amount": before + 1,
+            "currency": CURRENCY,
+        },
+    )
+    assert (payment["status"], payment["decline_code"]) == ("declined", "insufficient_funds")
+    assert await available(api, bob, wallets["bob"]) == before
+
+
+async def test_fifty_identical_posts_make_one_payment_and_one_charge(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
+) -> None:
+    alice = logins.headers("alice")
+    before = await available(api, alice, wallets["alice"])
+    key = f"same-{uuid.uuid4()}"
+    body = {
+        "kind": "topup",
+        "destination_account_id": wallets["alice"],
+        "amount": 777,
+        "currency": CURRENCY,
+        "payment_method": "pm_card_visa",
+    }
+    answers = await asyncio.gather(
+        *(
+            api.post("/v1/payments", json=body, headers={**alice, "Idempotency-Key": key})
+            for _ in range(50)
+        )
+    )
+    assert {a.status_code for a in answers} == {202}
+    ids = {a.json()["id"] for a in answers}
+    assert len(ids) == 1
+    assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 49
+    payment = await wait_for(api, alice, ids.pop())
+    assert payment["status"] == "succeeded"
+    assert len(await gateway.charges(payment["id"])) == 1
+    assert await available(api, alice, wallets["alice"]) == before + 777
+
+    other = await api.post(
+        "/v1/payments", json={**body, "amount": 778}, headers={**alice, "Idempotency-Key": key}
+    )
+    assert other.status_code == 409
+    assert other.json()["code"] == "idempotency_key_reused"
+    # Keys are the caller's: bob's request under alice's key is his own payment.
+    bobs = await api.post(
+        "/v1/payments",
+        json={**body, "destination_account_id": wallets["bob"]},
+        headers={**logins.headers("bob"), "Idempotency-Key": key},
+    )
+    assert bobs.status_code == 202 and bobs.json()["id"] != payment["id"]
+    await wait_for(api, logins.headers("bob"), bobs.json()["id"])
+
+
+async def test_requests_that_cannot_be_paid_are_refused_with_the_field_named(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+) -> None:
+    alice = logins.headers("alice")
+    body = {
+        "kind": "transfer",
+        "source_account_id": wallets["alice"],
+        "destination_account_id": wallets["bob"],
+        "amount": 100,
+        "currency": CURRENCY,
+    }
+
+    no_key = await api.post("/v1/payments", json=body, headers=alice)
+    assert no_key.status_code == 400
+    assert no_key.json()["code"] == "idempotency_key_required"
+
+    async def refused(changes: dict[str, Any], headers: dict[str, str] = alice) -> dict[str, Any]:
+        response = await api.post(
+            "/v1/payments",
+            json={**body, **changes},
+            headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert response.status_code in {404, 409, 422}, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        problem: dict[str, Any] = response.json()
+        return problem
+
+    # A client cannot set a status, a fee or an id.
+    for field in ("status", "fee", "id"):
+        problem = await refused({field: "succeeded"})
+        assert problem["code"] == "validation_failed"
+        assert field in [e["field"] for e in problem["errors"]]
+    assert (await refused({"amount": 10.5}))["errors"][0]["field"] == "amount"
+    assert (await refused({"amount": 0}))["errors"][0]["field"] == "amount"
+    assert (await refused({"currency": "XXX"}))["errors"][0]["field"] == "currency"
+    missing = await refused(
+        {"kind": "topup", "source_account_id": None, "destination_account_id": None}
+    )
+    assert {e["field"] for e in missing["errors"]} == {"destination_account_id", "payment_method"}
+    # A customer moves money only out of their own wallets: bob's is "not found" for alice.
+    theirs = await refused(
+        {"source_account_id": wallets["bob"], "destination_account_id": wallets["alice"]}
+    )
+    assert theirs["code"] == "account_not_found"
+    assert (await refused({"currency": "USD"}))["code"] == "currency_mismatch"
+    # Nothing half-done: no payment row for any refused request.
+    listed = await api.get("/v1/payments", params={"limit": 100}, headers=alice)
+    assert all(p["amount"] != 10.5 for p in listed.json()["data"])
+
+
+async def test_customers_see_only_their_own_payments(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+) -> None:
+    alice, bob = logins.headers("alice"), logins.headers("bob")
+    payment = await top_up(api, logins, wallets["alice"], 300)
+    assert (await api.get(f"/v1/payments/{payment['id']}", headers=bob)).status_code == 404
+    assert (await api.post(f"/v1/payments/{payment['id']}/cancel", headers=bob)).status_code == 404
+    olivia = await api.get(f"/v1/payments/{payment['id']}", headers=logins.headers("olivia"))
+    assert olivia.status_code == 200
+    mine = await api.get("/v1/payments", params={"kind": "topup"}, headers=alice)
+    assert payment["id"] in {p["id"] for p in mine.json()["data"]}
+    theirs = await api.get("/v1/payments", headers=bob)
+    assert payment["id"] not in {p["id"] for p in theirs.json()["data"]}
+    page = await api.get("/v1/payments", params={"limit": 1}, headers=alice)
+    assert len(page.json()["data"]) == 1 and page.json()["next_cursor"]
+    after = await api.get(
+        "/v1/payments", params={"limit": 1, "cursor": page.json()["next_cursor"]}, headers=alice
+    )
+    assert after.json()["data"][0]["id"] < page.json()["data"][0]["id"]
+
+
+async def test_refunds_never_exceed_the_captured_amount(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
+) -> None:
+    alice = logins.headers("alice")
+    payment = await top_up(api, logins, wallets["alice"], 10_000)
+    before = await available(api, alice, wallets["alice"])
+    path = f"/v1/payments/{payment['id']}/refunds"
+
+    async def refund(amount: int) -> httpx.Response:
+        headers = {**alice, "Idempotency-Key": str(uuid.uuid4())}
+        return await api.post(path, json={"amount": amount}, headers=headers)
+
+    # Concurrent refunds: only as many as fit into the capture are accepted.
+    answers = await asyncio.gather(*(refund(4_000) for _ in range(4)))
+    accepted = [a for a in answers if a.status_code == 202]
+    assert len(accepted) == 2, [a.text for a in answers]
+    assert {a.json()["code"] for a in answers if a.status_code != 202} == {"refund_exceeds_capture"}
+    for a in accepted:
+        await _wait_refund(api, alice, payment["id"], a.json()["id"])
+    partially = await wait_for(api, alice, payment["id"])
+    assert (partially["status"], partially["refunded_amount"]) == ("partially_refunded", 8_000)
+
+    over = await refund(2_001)
+    assert over.status_code == 409 and over.json()["code"] == "refund_exceeds_capture"
+    last = await refund(2_000)
+    assert last.status_code == 202
+    await _wait_refund(api, alice, payment["id"], last.json()["id"])
+    done = await wait_for(api, alice, payment["id"])
+    assert (done["status"], done["refunded_amount"]) == ("refunded", 10_000)
+
+    intent = (await gateway.charges(payment["id"]))[0]["id"]
+    assert sorted(r["amount"] for r in await gateway.refunds(intent)) == [2_000, 4_000, 4_000]
+    assert await available(api, alice, wallets["alice"]) == before - 10_000
+    assert (await refund(1)).json()["code"] in {"payment_not_refundable", "refund_exceeds_capture"}
+
+
+async def _wait_refund(
+    api: httpx.AsyncClient, headers: dict[str, str], payment_id: str, refund_id: str
+) -> dict[str, Any]:
+    for _ in range(300):
+        refunds = await api.get(f"/v1/payments/{payment_id}/refunds", headers=headers)
+        found = {r["id"]: r for r in refunds.json()}[refund_id]
+        if found["status"] != "pending":
+            assert found["status"] == "succeeded", found
+            refund: dict[str, Any] = found
+            return refund
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"refund {refund_id} still pending")
+
+
+async def test_a_large_payment_waits_for_review_and_carol_decides(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
+) -> None:
+    alice = logins.headers("alice")
+    before = await available(api, alice, wallets["alice"])
+    body = {
+        "kind": "topup",
+        "destination_account_id": wallets["alice"],
+        "amount": 100_000,
+        "currency": CURRENCY,
+        "payment_method": "pm_card_visa",
+    }
+
+    approved = await pay(api, alice, body)
+    held = await wait_for(api, alice, approved["id"], {"in_review"})
+    assert held["review_id"] == "rev_" + approved["id"].removeprefix("pay_")
+    assert "large_amount" in held["risk"]["reasons"]
+    assert "compliance decision" in held["waiting_for"]
+    assert await gateway.charges(approved["id"]) == []  # nothing charged while in review
+    decision = await api.post(
+        f"/v1/reviews/{held['review_id']}/decision",
+        json={"decision": "approve", "reason": "card holder verified by phone"},
+        headers=logins.headers("carol"),
+    )
+    assert decision.status_code == 200, decision.text
+    assert (await wait_for(api, alice, approved["id"]))["status"] == "succeeded"
+
+    rejected = await pay(api, alice, body)
+    held = await wait_for(api, alice, rejected["id"], {"in_review"})
+    decision = await api.post(
+        f"/v1/reviews/{held['review_id']}/decision",
+        json={"decision": "reject", "reason": "card reported by the issuer"},
+        headers=logins.headers("carol"),
+    )
+    assert decision.status_code == 200, decision.text
+    final = await wait_for(api, alice, rejected["id"])
+    assert (final["status"], final["decline_code"]) == ("declined", "review_rejected")
+    assert await gateway.charges(rejected["id"]) == []
+    assert await available(api, alice, wallets["alice"]) == before + 100_000
+
+
+async def test_cancel_is_honoured_before_the_gateway_and_refused_after(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
+) -> None:
+    alice = logins.headers("alice")
+    for _ in range(2):  # below the review threshold each
+        await top_up(api, logins, wallets["alice"], 70_000)
+    before = await available(api, alice, wallets["alice"])
+    # In review, the funds are on hold; cancel releases them and withdraws the case.
+    payment = await pay(
+        api,
+        alice,
+        {
+            "kind": "payout",
+            "source_account_id": wallets["alice"],
+            "amount": 120_000,
+            "currency": CURRENCY,
+            "payout_destination": "ba_bfc_ok",
+        },
+    )
+    held = await wait_for(api, alice, payment["id"], {"in_review"})
+    canceled = await api.post(f"/v1/payments/{payment['id']}/cancel", headers=alice)
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "canceled"
+    assert "review_withdrawn" in [e["event"] for e in canceled.json()["timeline"]]
+    assert await gateway.payouts(payment["id"]) == []
+    assert await available(api, alice, wallets["alice"]) == before
+    queue = await api.get("/v1/reviews", headers=logins.headers("carol"))
+    assert held["review_id"] not in {c["review_id"] for c in queue.json()["data"]}
+
+    again = await api.post(f"/v1/payments/{payment['id']}/cancel", headers=alice)
+    assert again.status_code == 409 and again.json()["code"] == "payment_not_cancelable"
+
+    # Once the gateway is working on it (a slow card), cancel is refused and it completes.
+    slow = await pay(
+        api,
+        alice,
+        {
+            "kind": "topup",
+            "destination_account_id": wallets["alice"],
+            "amount": 500,
+            "currency": CURRENCY,
+            "payment_method": "pm_bfc_slow",
+        },
+    )
+    for _ in range(100):
+        live = (await api.get(f"/v1/payments/{slow['id']}", headers=alice)).json()
+        if "charged" in [e["event"] for e in live["timeline"]] or "gateway" in (
+            live["waiting_for"] or ""
+        ):
+            break
+        await asyncio.sleep(0.05)
+    refused = await api.post(f"/v1/payments/{slow['id']}/cancel", headers=alice)
+    assert refused.status_code == 409, refused.text
+    assert (await wait_for(api, alice, slow["id"]))["status"] == "succeeded"
+
+
+async def test_gateway_faults_end_succeeded_with_one_charge(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
+) -> None:
+    alice = logins.headers("alice")
+    before = await available(api, alice, wallets["alice"])
+    payments = [
+        await pay(
+            api,
+            alice,
+            {
+                "kind": "topup",
+                "destination_account_id": wallets["alice"],
+                "amount": 1_000,
+                "currency": CURRENCY,
+                "payment_method": method,
+            },
+        )
+        for method in ("pm_bfc_timeoutAfterCharge", "pm_bfc_error500Twice")
+    ]
+    for payment in payments:
+        final = await wait_for(api, alice, payment["id"], timeout=90)
+        assert final["status"] == "succeeded", final
+        assert len(await gateway.charges(payment["id"])) == 1
+    timed_out = await wait_for(api, alice, payments[0]["id"])
+    assert "gateway_outcome_unknown" in [e["event"] for e in timed_out["timeline"]]
+    assert await available(api, alice, wallets["alice"]) == before + 2_000

@@ -1,0 +1,213 @@
+"""Payments survive faults: a worker killed with SIGKILL at random moments, a Temporal server
+restarted mid-run. Whatever happens, every payment ends in a terminal status, the gateway
+charged each payment at most once (exactly once if it succeeded), every ledger leg was
+posted once, and the trial balance is zero.
+
+Runs last (marker ``lifecycle``): it kills the stack's worker and restarts Temporal. The
+kill moments come from a seeded random generator; the seed and the moments are printed so a
+failing run can be repeated (``BFC_FAULT_SEED``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from infra.ledger_store import LedgerStore
+from infra.settings import Settings
+from infra.stack.launcher import Stack
+from tests.helpers.logins import Logins
+from tests.helpers.payments import GatewayView, available, open_wallet, pay, wait_for
+
+pytestmark = pytest.mark.lifecycle
+log = logging.getLogger(__name__)
+
+CURRENCY = "EUR"
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[GatewayView]:
+    view = GatewayView(settings)
+    yield view
+    await view.aclose()
+
+
+def _mix(alice: str, bob: str, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Every kind, some through the slow card so kills land inside a gateway call."""
+    bodies = []
+    for i in range(count):
+        amount = 100 + rng.randrange(900)
+        kind = ("topup", "topup", "transfer", "payout")[i % 4]
+        if kind == "topup":
+            method = "pm_bfc_slow" if i % 3 == 0 else "pm_card_visa"
+            bodies.append(
+                {
+                    "kind": kind,
+                    "destination_account_id": alice,
+                    "amount": amount,
+                    "currency": CURRENCY,
+                    "payment_method": method,
+                }
+            )
+        elif kind == "transfer":
+            bodies.append(
+                {
+                    "kind": kind,
+                    "source_account_id": alice,
+                    "amount": amount,
+                    "destination_account_id": bob,
+                    "currency": CURRENCY,
+                }
+            )
+        else:
+            bodies.append(
+                {
+                    "kind": kind,
+                    "source_account_id": alice,
+                    "amount": amount,
+                    "currency": CURRENCY,
+                    "payout_destination": "ba_bfc_ok",
+                }
+            )
+    return bodies
+
+
+async def _fund(api: httpx.AsyncClient, logins: Logins, wallet: str) -> None:
+    payment = await pay(
+        api,
+        logins.headers("alice"),
+        {
+            "kind": "topup",
+            "destination_account_id": wallet,
+            "amount": 90_000,
+            "currency": CURRENCY,
+            "payment_method": "pm_card_visa",
+        },
+    )
+    assert (await wait_for(api, logins.headers("alice"), payment["id"]))["status"] == "succeeded"
+
+
+async def _has(ledger: LedgerStore, transfer_id: str) -> bool:
+    try:
+        await ledger.get_transfers([transfer_id])
+    except KeyError:
+        return False
+    return True
+
+
+async def _check_exactly_once(
+    payments: list[dict[str, Any]], gateway: GatewayView, ledger: LedgerStore
+) -> int:
+    """Every payment terminal, one charge/payout per succeeded one, one post per leg.
+    Returns alice's expected balance change."""
+    change = 0
+    for p in payments:
+        assert p["status"] in {"succeeded", "declined", "failed", "canceled"}, p
+        legs = {leg for leg in ("hold", "post", "void") if await _has(ledger, f"{p['id']}:{leg}")}
+        if p["kind"] == "topup":
+            charges = await gateway.charges(p["id"])
+            assert len(charges) <= 1, (p["id"], charges)
+            moved = [c for c in charges if c["status"] == "succeeded"]
+        elif p["kind"] == "payout":
+            moved = [x for x in await gateway.payouts(p["id"]) if x["status"] == "paid"]
+            assert len(await gateway.payouts(p["id"])) <= 1
+        else:
+            moved = []
+        if p["status"] == "succeeded":
+            assert legs == {"hold", "post"}, (p["id"], legs)
+            assert len(moved) == (0 if p["kind"] == "transfer" else 1), (p["id"], moved)
+            change += p["amount"] if p["kind"] == "topup" else -p["amount"]
+        else:
+            assert "post" not in legs and moved == [], (p["id"], p["status"], legs, moved)
+    lines = await ledger.trial_balance()
+    assert all(line.balanced for line in lines), lines
+    assert await ledger.conservation_errors() == []
+    return change
+
+
+async def test_payments_survive_a_worker_killed_at_random_moments(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    logins: Logins,
+    ledger: LedgerStore,
+    gateway: GatewayView,
+) -> None:
+    seed = int(os.environ.get("BFC_FAULT_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)  # noqa: S311 - kill moments, not secrets
+    alice_h = logins.headers("alice")
+    alice = await open_wallet(api, alice_h, CURRENCY)
+    bob = await open_wallet(api, logins.headers("bob"), CURRENCY)
+    await _fund(api, logins, alice)
+    before = await available(api, alice_h, alice)
+
+    bodies = _mix(alice, bob, 30, rng)
+    kill_at = sorted(rng.uniform(0.0, 2.5) for _ in range(3))
+    log.warning("fault seed %s: SIGKILL the worker at %s s", seed, [round(t, 2) for t in kill_at])
+
+    async def submit() -> list[dict[str, Any]]:
+        started = []
+        for body in bodies:
+            started.append(await pay(api, alice_h, body))
+            await asyncio.sleep(0.05)
+        return started
+
+    async def kill_and_restart() -> None:
+        t0 = time.monotonic()
+        for moment in kill_at:
+            await asyncio.sleep(max(0.0, moment - (time.monotonic() - t0)))
+            pid = stack.pid("worker")
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                log.warning("killed worker %s at %.2f s", pid, time.monotonic() - t0)
+            await asyncio.to_thread(stack.up, ("worker",))
+
+    started, _ = await asyncio.gather(submit(), kill_and_restart())
+    final = [await wait_for(api, alice_h, p["id"], timeout=120) for p in started]
+    change = await _check_exactly_once(final, gateway, ledger)
+    assert await available(api, alice_h, alice) == before + change
+
+
+async def test_payments_survive_a_temporal_restart(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    logins: Logins,
+    ledger: LedgerStore,
+    gateway: GatewayView,
+) -> None:
+    alice_h = logins.headers("alice")
+    alice = await open_wallet(api, alice_h, CURRENCY)
+    bob = await open_wallet(api, logins.headers("bob"), CURRENCY)
+    await _fund(api, logins, alice)
+    before = await available(api, alice_h, alice)
+    started = [await pay(api, alice_h, body) for body in _mix(alice, bob, 12, random.Random(7))]  # noqa: S311
+
+    # Its data is on disk: the server comes back with every open workflow.
+    await asyncio.to_thread(stack.down, ("temporal",))
+    await asyncio.sleep(1)
+    await asyncio.to_thread(stack.up, ("temporal",))
+
+    final = [await wait_for(api, alice_h, p["id"], timeout=120) for p in started]
+    change = await _check_exactly_once(final, gateway, ledger)
+    assert await available(api, alice_h, alice) == before + change
+    # And the platform takes new payments after the restart.
+    after = await pay(
+        api,
+        alice_h,
+        {
+            "kind": "transfer",
+            "source_account_id": alice,
+            "destination_account_id": bob,
+            "amount": 100,
+            "currency": CURRENCY,
+        },
+    )
+    assert (await wait_for(api, alice_h, after["id"], timeout=60))["status"] == "succeeded"

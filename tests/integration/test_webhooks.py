@@ -1,0 +1,464 @@
+"""Webhooks on the real stack: endpoints registered through the API with app tokens, events
+delivered by the real activities on Temporal to a real HTTP receiver that checks the
+signature with the secret from Vault, and the customer's mail in the SMTP sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from keycloak import KeycloakAdmin
+from sqlalchemy import Engine
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Worker
+
+from activities.notify import NotifyActivities
+from infra.identity import IdentityDirectory
+from infra.keycloak import client_credentials_login
+from infra.notifier import Notifier
+from infra.settings import Settings
+from infra.stack.launcher import Stack
+from infra.vault import SecretStore, connect_vault
+from infra.webhook_store import WebhookStore
+from infra.webhooks import WebhookSender, create_webhook_client, verify
+from models.notifications import (
+    ENDPOINT_DISABLED,
+    DeliverySummary,
+    PlatformEvent,
+    WebhookDelivery,
+    event_id,
+    payment_data,
+)
+from tests.helpers.logins import Logins
+from workflows.notification import EventDeliveryWorkflow
+
+pytestmark = pytest.mark.stack
+
+AUDIENCE_MAPPER = {
+    "name": "bfc-api-audience",
+    "protocol": "openid-connect",
+    "protocolMapper": "oidc-audience-mapper",
+    "config": {"included.client.audience": "bfc-api", "access.token.claim": "true"},
+}
+
+
+# -- a receiver: an app's HTTP server on a free loopback port ------------------------------
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    url: str
+    answers: list[int] = field(default_factory=list)  # status codes to answer, in turn; then 200
+    requests: list[Received] = field(default_factory=list)
+
+    def answer(self) -> int:
+        return self.answers.pop(0) if self.answers else 200
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            state.requests.append(Received(headers=dict(self.headers), body=body))
+            status = state.answer()
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:  # quiet test output
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+# -- apps: the realm's bfc-app, and a second app made for this module ------------------------
+@pytest.fixture(scope="module")
+def secrets(settings: Settings) -> SecretStore:
+    return SecretStore(connect_vault(settings), settings)
+
+
+@pytest.fixture(scope="module")
+def signing_secret(secrets: SecretStore) -> str:
+    return secrets.read("webhooks")["signing_secret"]
+
+
+@pytest.fixture(scope="module")
+def app_headers(settings: Settings, secrets: SecretStore) -> dict[str, str]:
+    creds = secrets.read("keycloak")
+    token = client_credentials_login(settings, creds["client_id"], creds["client_secret"])
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class App:
+    client_id: str
+    headers: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def other_app(settings: Settings) -> Iterator[App]:
+    """A second app client (client credentials, role app), removed afterwards."""
+    admin = KeycloakAdmin(
+        server_url=settings.keycloak_url,
+        username="admin",
+        password="dev-admin",
+        realm_name=settings.keycloak_realm,
+        user_realm_name="master",
+    )
+    client_id = f"bfc-test-app-{uuid.uuid4().hex[:8]}"
+    secret = uuid.uuid4().hex
+    internal_id = admin.create_client(
+        {
+            "clientId": client_id,
+            "publicClient": False,
+            "secret": secret,
+            "serviceAccountsEnabled": True,
+            "standardFlowEnabled": False,
+            "directAccessGrantsEnabled": False,
+            "protocolMappers": [AUDIENCE_MAPPER],
+        }
+    )
+    try:
+        service_user = admin.get_client_service_account_user(internal_id)
+        admin.assign_realm_roles(service_user["id"], [admin.get_realm_role("app")])
+        token = client_credentials_login(settings, client_id, secret)
+        yield App(client_id=client_id, headers={"Authorization": f"Bearer {token}"})
+    finally:
+        admin.delete_client(internal_id)
+
+
+@pytest.fixture(scope="module")
+def directory(settings: Settings, secrets: SecretStore) -> IdentityDirectory:
+    creds = secrets.read("keycloak")
+    return IdentityDirectory.connect(
+        settings, client_id=creds["client_id"], client_secret=creds["client_secret"]
+    )
+
+
+@pytest.fixture
+async def endpoints(api: httpx.AsyncClient) -> AsyncIterator[list[tuple[str, dict[str, str]]]]:
+    """Endpoints a test registered, deleted afterwards: a forgotten one would receive (and
+    retry for days) every later event of its app."""
+    made: list[tuple[str, dict[str, str]]] = []
+    yield made
+    for endpoint_id, headers in made:
+        await api.delete(f"/v1/webhook-endpoints/{endpoint_id}", headers=headers)
+
+
+async def register(
+    api: httpx.AsyncClient,
+    made: list[tuple[str, dict[str, str]]],
+    headers: dict[str, str],
+    url: str,
+    event_types: list[str],
+) -> dict[str, Any]:
+    response = await api.post(
+        "/v1/webhook-endpoints", json={"url": url, "event_types": event_types}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    endpoint: dict[str, Any] = response.json()
+    made.append((endpoint["id"], headers))
+    return endpoint
+
+
+# -- the delivery workflow with the real activities, on a queue of its own -----------------
+@pytest.fixture
+async def notify_queue(
+    temporal: Client,
+    settings: Settings,
+    engine: Engine,
+    signing_secret: str,
+    directory: IdentityDirectory,
+) -> AsyncIterator[tuple[str, NotifyActivities]]:
+    http = create_webhook_client(settings)
+    activities = NotifyActivities(
+        WebhookStore(engine), WebhookSender(http, signing_secret), Notifier(settings), directory
+    )
+    queue = f"notify-test-{uuid.uuid4().hex[:8]}"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        async with Worker(
+            temporal,
+            task_queue=queue,
+            workflows=[EventDeliveryWorkflow],
+            activities=[
+                activities.record_event,
+                activities.deliver_webhook,
+                activities.email_customer,
+            ],
+            activity_executor=pool,
+        ):
+            yield queue, activities
+    await http.aclose()
+
+
+def an_event(client_id: str, customer_id: str | None, unique: str) -> PlatformEvent:
+    payment_id = f"pay_test{unique}"
+    return PlatformEvent(
+        id=event_id(payment_id, "payment.succeeded"),
+        type="payment.succeeded",
+        created_at="2026-11-26T12:00:00.250000+00:00",
+        client_id=client_id,
+        customer_id=customer_id,
+        data=payment_data(
+            payment_id=payment_id, kind="topup", amount=1050, currency="EUR", status="succeeded"
+        ),
+    )
+
+
+async def deliver(temporal: Client, queue: str, event: PlatformEvent) -> DeliverySummary:
+    handle = await temporal.start_workflow(
+        EventDeliveryWorkflow.run, event, id=event.id, task_queue=queue
+    )
+    try:
+        return await asyncio.wait_for(handle.result(), timeout=60)
+    except TimeoutError:
+        # Not left running on the shared server after this test's worker is gone.
+        await handle.terminate("the test gave up waiting")
+        raise
+
+
+def assert_signed(request: Received, secret: str, event: PlatformEvent) -> None:
+    verify(secret, request.headers.get("BFC-Signature"), request.body, now=time.time())
+    assert request.headers["BFC-Event-Id"] == event.id
+    assert request.headers["BFC-Event-Type"] == event.type
+    document = json.loads(request.body)
+    assert document == {
+        "id": event.id,
+        "type": event.type,
+        "created_at": event.created_at,
+        "data": event.data,
+    }
+
+
+# -- tests ------------------------------------------------------------------------------------
+async def test_an_event_reaches_the_receiver_signed_and_the_customer_by_mail(
+    api: httpx.AsyncClient,
+    endpoints: list[tuple[str, dict[str, str]]],
+    other_app: App,
+    receiver: Receiver,
+    notify_queue: tuple[str, NotifyActivities],
+    temporal: Client,
+    engine: Engine,
+    stack: Stack,
+    directory: IdentityDirectory,
+    signing_secret: str,
+    unique: str,
+) -> None:
+    queue, activities = notify_queue
+    endpoint = await register(
+        api, endpoints, other_app.headers, receiver.url, ["payment.succeeded", "payment.failed"]
+    )
+    # Subscribed to other types only: this one hears nothing.
+    await register(api, endpoints, other_app.headers, receiver.url + "/other", ["payment.failed"])
+    alice = directory.find(username="alice")
+    assert alice is not None
+    event = an_event(other_app.client_id, alice.id, unique)
+
+    summary = await deliver(temporal, queue, event)
+
+    assert [(w.endpoint_id, w.status, w.attempt) for w in summary.webhooks] == [
+        (endpoint["id"], "delivered", 1)
+    ]
+    (request,) = receiver.requests
+    assert_signed(request, signing_secret, event)
+    attempts = WebhookStore(engine).list_attempts(event.id)
+    assert [(a.endpoint_id, a.attempt, a.status_code) for a in attempts] == [
+        (endpoint["id"], 1, 200)
+    ]
+
+    assert summary.email is not None and summary.email.status == "sent"
+    mails = [m.read_text() for m in stack.smtp.mailbox.glob("*.eml") if event.id in m.read_text()]
+    assert len(mails) == 1
+    assert "To: alice@dev.bfc.test" in mails[0]
+    assert "10.50 EUR succeeded" in mails[0]
+
+    # Retried after they had done their work (a lost result): nothing goes out twice.
+    env = ActivityEnvironment()
+    assert env.run(activities.email_customer, event).status == "already_sent"
+    again = [m for m in stack.smtp.mailbox.glob("*.eml") if event.id in m.read_text()]
+    assert len(again) == 1
+    assert env.run(activities.record_event, event).endpoint_ids == [endpoint["id"]]
+
+
+async def test_a_receiver_answering_500_gets_a_second_attempt_with_the_same_event(
+    api: httpx.AsyncClient,
+    endpoints: list[tuple[str, dict[str, str]]],
+    other_app: App,
+    receiver: Receiver,
+    notify_queue: tuple[str, NotifyActivities],
+    temporal: Client,
+    engine: Engine,
+    signing_secret: str,
+    unique: str,
+) -> None:
+    queue, _ = notify_queue
+    await register(api, endpoints, other_app.headers, receiver.url, ["payment.succeeded"])
+    receiver.answers = [500]
+    event = an_event(other_app.client_id, None, unique)
+
+    summary = await deliver(temporal, queue, event)  # the retry comes after 5 s of backoff
+
+    assert [(w.status, w.attempt) for w in summary.webhooks] == [("delivered", 2)]
+    first, second = receiver.requests
+    assert first.body == second.body
+    for request in (first, second):
+        assert_signed(request, signing_secret, event)
+    attempts = WebhookStore(engine).list_attempts(event.id)
+    assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 200)]
+    assert "500" in (attempts[0].error or "")
+    assert summary.email is None  # no customer on this event
+
+
+async def test_a_receiver_answering_410_is_disabled_and_hears_no_more(
+    api: httpx.AsyncClient,
+    endpoints: list[tuple[str, dict[str, str]]],
+    other_app: App,
+    receiver: Receiver,
+    notify_queue: tuple[str, NotifyActivities],
+    temporal: Client,
+    unique: str,
+) -> None:
+    queue, activities = notify_queue
+    endpoint = await register(
+        api, endpoints, other_app.headers, receiver.url, ["payment.succeeded"]
+    )
+    receiver.answers = [410]
+    event = an_event(other_app.client_id, None, unique)
+
+    summary = await deliver(temporal, queue, event)
+
+    assert [w.status for w in summary.webhooks] == ["endpoint_gone"]
+    assert len(receiver.requests) == 1
+    listed = (await api.get("/v1/webhook-endpoints", headers=other_app.headers)).json()["data"]
+    assert {e["id"]: e["enabled"] for e in listed}[endpoint["id"]] is False
+    later = an_event(other_app.client_id, None, unique + "-later")
+    assert (await deliver(temporal, queue, later)).webhooks == []
+    # A retry already scheduled for it stops at once, without sending.
+    with pytest.raises(ApplicationError) as stopped:
+        await ActivityEnvironment().run(
+            activities.deliver_webhook, WebhookDelivery(event.id, endpoint["id"])
+        )
+    assert (stopped.value.type, stopped.value.non_retryable) == (ENDPOINT_DISABLED, True)
+    assert len(receiver.requests) == 1
+
+
+async def test_an_app_registers_lists_and_deletes_its_endpoints(
+    api: httpx.AsyncClient,
+    endpoints: list[tuple[str, dict[str, str]]],
+    app_headers: dict[str, str],
+    signing_secret: str,
+) -> None:
+    response = await api.post(
+        "/v1/webhook-endpoints",
+        json={"url": "https://app.example/hooks", "event_types": ["payment.refunded"] * 2},
+        headers=app_headers,
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()
+    endpoints.append((created["id"], app_headers))
+    assert set(created) == {"id", "url", "event_types", "enabled", "created_at"}
+    assert created["id"].startswith("we_")
+    assert created["event_types"] == ["payment.refunded"]
+    assert created["enabled"] is True
+    assert signing_secret not in response.text
+
+    listed = (await api.get("/v1/webhook-endpoints", headers=app_headers)).json()["data"]
+    assert created in listed
+
+    gone = await api.delete(f"/v1/webhook-endpoints/{created['id']}", headers=app_headers)
+    assert gone.status_code == 204
+    listed = (await api.get("/v1/webhook-endpoints", headers=app_headers)).json()["data"]
+    assert created["id"] not in {e["id"] for e in listed}
+    again = await api.delete(f"/v1/webhook-endpoints/{created['id']}", headers=app_headers)
+    assert again.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "fields"),
+    [
+        ({"url": "ftp://app.example/x", "event_types": ["payment.failed"]}, "invalid_url", ["url"]),
+        ({"url": "https://u:p@app.example/", "event_types": ["payment.failed"]}, "invalid_url",
+         ["url"]),
+        ({"url": "https://app.example/", "event_types": ["payment.failed", "payment.teleported"]},
+         "unknown_event_type", ["event_types.1"]),
+        ({"url": "nowhere", "event_types": ["nothing"]}, "validation_failed",
+         ["url", "event_types.0"]),
+        ({"url": "https://app.example/", "event_types": []}, "validation_failed",
+         ["event_types"]),
+        ({"event_types": ["payment.failed"]}, "validation_failed", ["url"]),
+    ],
+)  # fmt: skip
+async def test_invalid_endpoints_are_problems_naming_the_field(
+    api: httpx.AsyncClient,
+    app_headers: dict[str, str],
+    body: dict[str, Any],
+    code: str,
+    fields: list[str],
+) -> None:
+    before = (await api.get("/v1/webhook-endpoints", headers=app_headers)).json()["data"]
+    response = await api.post("/v1/webhook-endpoints", json=body, headers=app_headers)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == code
+    assert [e["field"] for e in problem["errors"]] == fields
+    after = (await api.get("/v1/webhook-endpoints", headers=app_headers)).json()["data"]
+    assert after == before  # nothing was registered
+
+
+async def test_customers_may_not_manage_endpoints(api: httpx.AsyncClient, logins: Logins) -> None:
+    body = {"url": "https://alice.example/hooks", "event_types": ["payment.succeeded"]}
+    for method, path, json_body in [
+        ("POST", "/v1/webhook-endpoints", body),
+        ("GET", "/v1/webhook-endpoints", None),
+        ("DELETE", "/v1/webhook-endpoints/we_nothing", None),
+    ]:
+        response = await api.request(method, path, json=json_body, headers=logins.headers("alice"))
+        assert response.status_code == 403, (method, response.text)
+        assert response.json()["code"] == "forbidden"
+
+
+async def test_another_app_cannot_see_or_delete_your_endpoint(
+    api: httpx.AsyncClient,
+    endpoints: list[tuple[str, dict[str, str]]],
+    app_headers: dict[str, str],
+    other_app: App,
+) -> None:
+    mine = await register(
+        api, endpoints, app_headers, "https://app.example/mine", ["payment.succeeded"]
+    )
+
+    theirs = (await api.get("/v1/webhook-endpoints", headers=other_app.headers)).json()["data"]
+    assert mine["id"] not in {e["id"] for e in theirs}
+    refused = await api.delete(f"/v1/webhook-endpoints/{mine['id']}", headers=other_app.headers)
+    assert refused.status_code == 404
+    assert refused.json()["code"] == "webhook_endpoint_not_found"
+
+    still = (await api.get("/v1/webhook-endpoints", headers=app_headers)).json()["data"]
+    assert mine in still

@@ -1,0 +1,146 @@
+"""The webhook sender against a fake receiver (httpx.MockTransport), the endpoint URL rules,
+and the customer mail's wording."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from activities.notify import customer_message
+from api.routes.webhooks import url_problem
+from infra.webhooks import (
+    EndpointGone,
+    WebhookFailed,
+    WebhookSender,
+    event_body,
+    verify,
+)
+from models.notifications import PlatformEvent, event_id, payment_data
+
+SECRET = "whsec-unit"
+NOW = 1_790_000_000
+BODY = event_body(event_id="evt_x", event_type="payment.failed", created_at="t", data={})
+
+
+def sender(handler) -> WebhookSender:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return WebhookSender(client, SECRET, clock=lambda: NOW)
+
+
+async def test_a_request_carries_the_event_id_type_and_a_signature_over_its_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    accepted = await sender(receiver).send(
+        url="https://app.example/hooks", event_id="evt_x", event_type="payment.failed", body=BODY
+    )
+    assert accepted.status_code == 204
+    (request,) = seen
+    assert request.method == "POST"
+    assert request.content == BODY
+    assert request.headers["BFC-Event-Id"] == "evt_x"
+    assert request.headers["BFC-Event-Type"] == "payment.failed"
+    assert request.headers["Content-Type"] == "application/json"
+    verify(SECRET, request.headers["BFC-Signature"], request.content, now=NOW)
+
+
+@pytest.mark.parametrize("status", [301, 400, 404, 500, 503])
+async def test_anything_but_2xx_raises_for_a_retry(status: int) -> None:
+    receiver = sender(lambda _: httpx.Response(status, text="x" * 10_000))
+    with pytest.raises(WebhookFailed) as failed:
+        await receiver.send(url="https://a.example/", event_id="e", event_type="t", body=BODY)
+    assert failed.value.status_code == status
+    assert not isinstance(failed.value, EndpointGone)
+    assert len(str(failed.value)) < 300  # an excerpt of the answer, not the whole of it
+
+
+async def test_410_gone_is_its_own_error() -> None:
+    receiver = sender(lambda _: httpx.Response(410))
+    with pytest.raises(EndpointGone):
+        await receiver.send(url="https://a.example/", event_id="e", event_type="t", body=BODY)
+
+
+async def test_no_answer_raises_for_a_retry() -> None:
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(WebhookFailed) as failed:
+        await sender(unreachable).send(
+            url="https://a.example/", event_id="e", event_type="t", body=BODY
+        )
+    assert failed.value.status_code is None
+    assert "ConnectError" in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "problem"),
+    [
+        ("https://app.example/hooks?x=1", False, None),
+        ("http://127.0.0.1:9999/hooks", True, None),
+        ("http://app.example/hooks", False, "must start with https://"),
+        ("ftp://app.example/hooks", True, "must start with https:// or http://"),
+        ("app.example/hooks", True, "must start with"),
+        ("https:///hooks", True, "no host"),
+        ("https://user:pw@app.example/", True, "credentials"),
+        ("https://app.example/#frag", True, "fragment"),
+        ("https://app.example:99999/", True, "cannot be parsed"),
+        ("https://app.example/a b", True, "whitespace"),
+    ],
+)
+def test_endpoint_url_rules(url: str, allow_http: bool, problem: str | None) -> None:
+    found = url_problem(url, allow_http=allow_http)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+def test_event_ids_are_deterministic_per_business_fact() -> None:
+    first = event_id("pay_1", "payment.succeeded")
+    assert first == event_id("pay_1", "payment.succeeded")
+    assert first != event_id("pay_1", "payment.refunded")
+    assert first != event_id("pay_2", "payment.succeeded")
+    assert first.startswith("evt_") and len(first) == 30
+
+
+def test_an_event_refuses_an_unknown_type_or_a_foreign_id() -> None:
+    with pytest.raises(ValueError, match="unknown event type"):
+        PlatformEvent(id="evt_1", type="payment.teleported", created_at="", client_id=None,
+                      customer_id=None)  # fmt: skip
+    with pytest.raises(ValueError, match="evt_"):
+        PlatformEvent(id="pay_1", type="payment.failed", created_at="", client_id=None,
+                      customer_id=None)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("type_", "extra", "amount", "currency", "words"),
+    [
+        ("payment.succeeded", {}, 1050, "EUR", "of 10.50 EUR succeeded"),
+        ("payment.declined", {"decline_code": "card_declined"}, 5, "USD",
+         "of 0.05 USD was declined (reason: card_declined)"),
+        ("payment.failed", {}, 1200, "JPY", "of 1200 JPY could not be completed"),
+        ("payment.canceled", {}, 1001, "BHD", "of 1.001 BHD was canceled"),
+        ("payment.refunded", {}, 1050, "EUR", "of 10.50 EUR was refunded in full"),
+        ("payment.partially_refunded", {"amount_refunded": 250}, 1050, "EUR",
+         "2.50 EUR of your payment pay_m of 10.50 EUR was refunded"),
+    ],
+)  # fmt: skip
+def test_the_customer_mail_says_what_happened_with_the_amount_in_major_units(
+    type_: str, extra: dict[str, Any], amount: int, currency: str, words: str
+) -> None:
+    data = payment_data(
+        payment_id="pay_m", kind="topup", amount=amount, currency=currency, status="x", **extra
+    )
+    event = PlatformEvent(
+        id="evt_m", type=type_, created_at="2026-11-26T12:00:00+00:00", client_id=None,
+        customer_id="user-1", data=data,
+    )  # fmt: skip
+    subject, body = customer_message(event)
+    assert "pay_m" in subject
+    assert words in body
+    assert "evt_m" in body  # the reference a customer quotes to support

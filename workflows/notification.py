@@ -1,0 +1,137 @@
+"""EventDeliveryWorkflow (workflow id = the event id): tell the world about one event.
+
+Started by the workflow the event belongs to (a payment reaching a terminal state) as a
+child with parent close policy ABANDON, so the parent finishes without waiting for slow
+receivers, and a second start for the same event is refused by Temporal.
+
+Steps:
+1. ``record_event``: store the event once; learn the endpoints of its app that are
+   enabled and subscribed to its type.
+2. Concurrently: ``deliver_webhook`` per endpoint, retried with backoff for up to three
+   days (a 410 Gone, or an endpoint deleted or disabled meanwhile, stops its retries), and
+   ``email_customer`` when the event concerns a customer.
+3. Return a summary with one line per endpoint and the email's outcome. One receiver that
+   never accepts does not keep the others or the email from completing.
+
+Every attempt is written to ``webhook_deliveries`` by the activity itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models.notifications import (
+        DELIVER_WEBHOOK,
+        EMAIL_CUSTOMER,
+        ENDPOINT_DISABLED,
+        ENDPOINT_GONE,
+        EVENT_DELIVERY_WORKFLOW,
+        FINAL_DELIVERY_ERRORS,
+        RECORD_EVENT,
+        DeliveryResult,
+        DeliverySummary,
+        EmailOutcome,
+        PlatformEvent,
+        RecordedEvent,
+        WebhookDelivery,
+        WebhookOutcome,
+        WebhookOutcomeStatus,
+    )
+
+# Receivers go down for maintenance, deploys and outages: keep trying for days, backing
+# off to one attempt an hour (5 s, 10 s, 20 s, … 1 h; ~80 attempts over three days).
+WEBHOOK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(hours=1),
+    non_retryable_error_types=list(FINAL_DELIVERY_ERRORS),
+)
+WEBHOOK_DEADLINE = timedelta(days=3)
+# One attempt: the sender's own HTTP timeout plus the database writes around it.
+WEBHOOK_ATTEMPT_TIMEOUT = timedelta(seconds=30)
+# Our own database, SMTP relay and Keycloak: the same patience as a receiver's.
+LOCAL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(hours=1)
+)
+
+_OUTCOME_OF_ERROR: dict[str, WebhookOutcomeStatus] = {
+    ENDPOINT_GONE: "endpoint_gone",
+    ENDPOINT_DISABLED: "endpoint_disabled",
+}
+
+
+def _reason(error: ActivityError) -> tuple[str | None, str]:
+    """The ApplicationError type (if any) and the message behind an activity's failure."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type, cause.message
+    return None, str(cause or error)
+
+
+@workflow.defn(name=EVENT_DELIVERY_WORKFLOW)
+class EventDeliveryWorkflow:
+    @workflow.run
+    async def run(self, event: PlatformEvent) -> DeliverySummary:
+        recorded = await workflow.execute_activity(
+            RECORD_EVENT,
+            event,
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=WEBHOOK_DEADLINE,
+            retry_policy=LOCAL_RETRY,
+            result_type=RecordedEvent,
+        )
+        workflow.set_current_details(
+            f"**{event.type} {event.id}** · {len(recorded.endpoint_ids)} endpoint(s)"
+            f" · email: {'yes' if event.customer_id else 'no'}"
+        )
+        webhooks = asyncio.gather(
+            *(self._deliver(event.id, endpoint) for endpoint in recorded.endpoint_ids)
+        )
+        email: EmailOutcome | None = None
+        if event.customer_id:
+            outcomes, email = await asyncio.gather(webhooks, self._email(event))
+        else:
+            outcomes = await webhooks
+        return DeliverySummary(
+            event_id=event.id, event_type=event.type, webhooks=list(outcomes), email=email
+        )
+
+    async def _deliver(self, event_id: str, endpoint_id: str) -> WebhookOutcome:
+        try:
+            result = await workflow.execute_activity(
+                DELIVER_WEBHOOK,
+                WebhookDelivery(event_id=event_id, endpoint_id=endpoint_id),
+                start_to_close_timeout=WEBHOOK_ATTEMPT_TIMEOUT,
+                schedule_to_close_timeout=WEBHOOK_DEADLINE,
+                retry_policy=WEBHOOK_RETRY,
+                result_type=DeliveryResult,
+            )
+        except ActivityError as exc:
+            kind, message = _reason(exc)
+            status = _OUTCOME_OF_ERROR.get(kind or "", "failed")
+            return WebhookOutcome(endpoint_id=endpoint_id, status=status, error=message)
+        return WebhookOutcome(endpoint_id=endpoint_id, status="delivered", attempt=result.attempt)
+
+    async def _email(self, event: PlatformEvent) -> EmailOutcome:
+        try:
+            outcome: EmailOutcome = await workflow.execute_activity(
+                EMAIL_CUSTOMER,
+                event,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=WEBHOOK_DEADLINE,
+                retry_policy=LOCAL_RETRY,
+                result_type=EmailOutcome,
+            )
+        except ActivityError as exc:
+            return EmailOutcome(status="failed", error=_reason(exc)[1])
+        return outcome
+
+
+if __name__ == "__main__":  # the sandbox re-imports this module; nothing runs on import
+    pass

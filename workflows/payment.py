@@ -1,0 +1,562 @@
+"""PaymentWorkflow (``pay_…``): one payment as a saga, from acceptance to a terminal status.
+
+Steps, and what undoes each one if a later step fails (compensation runs backwards exactly
+as far as the saga got):
+
+    1. score risk             (local)  nothing to undo. Band ``decline`` -> declined.
+    2. hold funds             (local)  a pending ledger transfer; undone by VOID. A ledger
+                                       refusal (insufficient_funds, …) -> declined, nothing held.
+    3. review (review band)   (child)  a ComplianceReviewWorkflow case while the funds stay held;
+                                       rejected -> void, declined ``review_rejected``; SLA
+                                       expiry -> void, declined ``review_expired``.
+    4. gateway                (topup: charge the card; payout: send the payout; transfer: none)
+                                       a decline -> void, declined with the gateway's code;
+                                       a timeout is an UNKNOWN outcome, not a failure: the saga
+                                       asks the gateway what happened (durable timers, backoff)
+                                       and replays the same Idempotency-Key, never a new one.
+    5. post the hold          (local)  a failure after a charge -> refund at the gateway, then
+                                       void, failed. (A payout cannot be recalled: a failed
+                                       post after a payout ends ``failed``,
+                                       ``post_failed_after_payout``, for reconciliation.)
+    6. notify                 (child, abandoned) EventDeliveryWorkflow: email + signed webhooks.
+
+``cancel`` (an Update) is honoured until the point of no return: the gateway step for top-ups
+and payouts, the post for transfers. Terminal statuses are final.
+
+Search attributes: PaymentStatus, PaymentKind, CustomerId, AmountMinor, Currency (set at
+start by the API), RiskScore after scoring; current details say what the payment waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from models.errors import LEDGER_ERRORS
+    from models.notifications import (
+        EVENT_DELIVERY_WORKFLOW,
+        PlatformEvent,
+        event_id,
+        payment_data,
+    )
+    from models.payment import (
+        CHARGE_CARD,
+        FIND_CHARGE,
+        FIND_PAYOUT,
+        GATEWAY_CALL_TIMEOUT,
+        GATEWAY_CLEARING,
+        GATEWAY_UNKNOWN_OUTCOME,
+        HOLD_FUNDS,
+        PAYMENT_WORKFLOW,
+        POST_HOLD,
+        RECORD_PAYMENT,
+        REFUND_CHARGE,
+        SCORE_PAYMENT,
+        SEND_PAYOUT,
+        TERMINAL_STATUSES,
+        VOID_HOLD,
+        ChargeInput,
+        GatewayResult,
+        HoldInput,
+        PaymentInput,
+        PaymentRecord,
+        PaymentResult,
+        PaymentState,
+        PayoutInput,
+        RefundChargeInput,
+        ResolveHoldInput,
+        RiskSummary,
+        ScoreInput,
+        TimelineEntry,
+        platform_account_id,
+        review_id_for,
+    )
+    from models.review import (
+        REVIEW_WORKFLOW,
+        OpenReviewInput,
+        ReviewOutcome,
+        ReviewReason,
+        required_approvals,
+    )
+
+T = TypeVar("T")
+
+# ApplicationError type (the error's class name) -> the code the API shows.
+LEDGER_CODES = {cls.__name__: code for code, cls in LEDGER_ERRORS.items()}
+
+STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
+RISK_SCORE = SearchAttributeKey.for_float("RiskScore")
+
+# Holds outlive the longest review (three SLA days) with room to spare; a saga that is
+# somehow abandoned still gives the money back when its hold expires.
+HOLD_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+_QUICK = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
+_GATEWAY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=["GatewayRejected", "GatewayUnknownOutcome"],
+)
+_UNKNOWN_FIRST_WAIT = timedelta(seconds=2)
+_UNKNOWN_MAX_WAIT = timedelta(minutes=5)
+_LOOKUPS_BEFORE_REPLAY = 3
+
+
+class CancelTooLate:
+    @staticmethod
+    def error(status: str) -> ApplicationError:
+        return ApplicationError(
+            f"the payment can no longer be canceled (status {status}, or its money is already "
+            "moving at the gateway)",
+            type="PaymentNotCancelable",
+            non_retryable=True,
+        )
+
+
+@workflow.defn(name=PAYMENT_WORKFLOW)
+class PaymentWorkflow:
+    @workflow.init
+    def __init__(self, payment: PaymentInput) -> None:
+        self._payment = payment
+        self._state = PaymentState(
+            payment_id=payment.payment_id,
+            kind=payment.kind,
+            status="processing",
+            amount=payment.amount,
+            currency=payment.currency,
+        )
+        self._cancel_requested = False
+        self._past_no_return = False
+        self._hold_id: str | None = None
+        self._charged: GatewayResult | None = None
+
+    # ---- what the outside sees -------------------------------------------------------
+
+    @workflow.query
+    def get_payment(self) -> PaymentState:
+        return self._state
+
+    @workflow.update
+    async def cancel(self) -> PaymentState:
+        self._cancel_requested = True
+        await workflow.wait_condition(lambda: self._terminal)
+        return self._state
+
+    @cancel.validator
+    def _may_cancel(self) -> None:
+        if self._terminal or self._past_no_return:
+            raise CancelTooLate.error(self._state.status)
+
+    def _cancel_asked(self) -> bool:
+        # A method, not the attribute: the Update handler sets it between awaits.
+        return self._cancel_requested
+
+    @property
+    def _terminal(self) -> bool:
+        return self._state.status in TERMINAL_STATUSES
+
+    def _note(self, event: str, detail: str = "") -> None:
+        self._state.timeline.append(TimelineEntry(workflow.now().isoformat(), event, detail))
+
+    def _waiting_for(self, what: str) -> None:
+        self._state.waiting_for = what
+        workflow.set_current_details(f"Waiting for {what}." if what else "")
+
+    def _set_status(self, status: str) -> None:
+        self._state.status = status
+        workflow.upsert_search_attributes([STATUS.value_set(status)])
+
+    # ---- the saga ----------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, payment: PaymentInput) -> PaymentResult:
+        self._note("accepted", payment.kind)
+        try:
+            await self._saga()
+        except (ActivityError, ChildWorkflowError, ApplicationError) as exc:
+            # An unexpected failure (retries exhausted, a refused request): walk back what
+            # was done. A bug in this code instead fails the workflow task, and the payment
+            # waits, untouched, for a fixed worker.
+            if self._terminal:
+                raise
+            workflow.logger.warning(
+                "payment %s failed: %r (cause %r)", payment.payment_id, exc, exc.__cause__
+            )
+            await self._compensate(f"unexpected: {type(exc).__name__}")
+            await self._finish("failed", "processing_error")
+        state = self._state
+        return PaymentResult(state.payment_id, state.status, state.decline_code)
+
+    async def _saga(self) -> None:  # noqa: PLR0911 - one return per business outcome
+        """The steps in order; each early return is a business outcome (module docstring)."""
+        p = self._payment
+        risk = await self._score()
+        if risk.band == "decline":
+            return await self._finish("declined", "risk_declined")
+        if self._cancel_asked():
+            return await self._finish("canceled")
+
+        refusal = await self._hold()
+        if refusal is not None:
+            return await self._finish("declined", refusal)
+        if self._cancel_asked():
+            return await self._undo_and_finish("canceled")
+
+        if risk.band == "review":
+            outcome = await self._review(risk)
+            if outcome is None:
+                return await self._undo_and_finish("canceled")
+            if outcome.outcome == "rejected":
+                code = "review_expired" if outcome.sla_expired else "review_rejected"
+                return await self._undo_and_finish("declined", code)
+            self._set_status("processing")
+            self._note("review_approved", ",".join(outcome.decided_by))
+
+        # The point of no return: from here on, money moves outside the ledger.
+        if self._cancel_asked():
+            return await self._undo_and_finish("canceled")
+        self._past_no_return = True
+        if p.kind != "transfer":
+            result = await self._gateway_step()
+            if result.outcome != "succeeded":
+                return await self._undo_and_finish("declined", result.decline_code or "declined")
+            self._charged = result
+            self._state.gateway_reference = result.reference
+            self._note("charged" if p.kind == "topup" else "paid_out", result.reference or "")
+
+        await self._post()
+
+    async def _score(self) -> RiskSummary:
+        p = self._payment
+        self._waiting_for("the risk score")
+        beneficiary = p.destination_account_id if p.kind == "transfer" else p.payout_destination
+        risk = await self._quick(
+            SCORE_PAYMENT,
+            ScoreInput(
+                payment_id=p.payment_id,
+                customer_id=p.customer_id,
+                kind=p.kind,
+                amount=p.amount,
+                currency=p.currency,
+                beneficiary=beneficiary,
+                created_at=p.created_at or workflow.now().isoformat(),
+            ),
+            RiskSummary,
+        )
+        self._state.risk = risk
+        workflow.upsert_search_attributes([RISK_SCORE.value_set(risk.score)])
+        self._note("risk_scored", f"{risk.band} {risk.score} {','.join(risk.reasons)}".strip())
+        return risk
+
+    async def _hold(self) -> str | None:
+        """Place the hold; a ledger refusal comes back as its code."""
+        p = self._payment
+        debit, credit = self._legs()
+        self._waiting_for("the funds hold")
+        try:
+            self._hold_id = await self._quick(
+                HOLD_FUNDS,
+                HoldInput(
+                    transfer_id=f"{p.payment_id}:hold",
+                    payment_id=p.payment_id,
+                    debit_account_id=debit,
+                    credit_account_id=credit,
+                    amount=p.amount,
+                    currency=p.currency,
+                    timeout_seconds=HOLD_TIMEOUT_SECONDS,
+                ),
+                str,
+            )
+        except (ActivityError, ApplicationError) as exc:
+            code = _business_code(exc)
+            if code is None:
+                raise
+            return code
+        self._note("funds_held", self._hold_id)
+        return None
+
+    async def _post(self) -> None:
+        p = self._payment
+        self._waiting_for("the ledger post")
+        try:
+            post_id = await self._quick(
+                POST_HOLD,
+                ResolveHoldInput(f"{p.payment_id}:post", p.payment_id, self._held()),
+                str,
+            )
+        except (ActivityError, ApplicationError) as exc:
+            code = _business_code(exc)
+            if code is None:
+                raise
+            return await self._post_failed(code)
+        self._state.captured_amount = p.amount
+        self._note("posted", post_id)
+        await self._finish("succeeded")
+
+    def _held(self) -> str:
+        if self._hold_id is None:
+            raise ApplicationError("no hold was placed", type="SagaOrder", non_retryable=True)
+        return self._hold_id
+
+    def _legs(self) -> tuple[str, str]:
+        p = self._payment
+        clearing = platform_account_id(GATEWAY_CLEARING, p.currency)
+        if p.kind == "topup":
+            return clearing, _given(p.destination_account_id, "destination_account_id")
+        source = _given(p.source_account_id, "source_account_id")
+        if p.kind == "payout":
+            return source, clearing
+        return source, _given(p.destination_account_id, "destination_account_id")
+
+    async def _quick(self, activity: str, arg: object, result_type: type[T]) -> T:
+        result: T = await workflow.execute_local_activity(
+            activity,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=_QUICK,
+        )
+        return result
+
+    async def _review(self, risk: RiskSummary) -> ReviewOutcome | None:
+        """Open the case and wait for its outcome; None when the payment was canceled."""
+        p = self._payment
+        review_id = review_id_for(p.payment_id)
+        self._state.review_id = review_id
+        self._set_status("in_review")
+        self._note("review_opened", review_id)
+        self._waiting_for(f"a compliance decision on {review_id}")
+        await self._record()
+        handle = await workflow.start_child_workflow(
+            REVIEW_WORKFLOW,
+            OpenReviewInput(
+                review_id=review_id,
+                kind="payment",
+                subject_id=p.payment_id,
+                customer_subject=p.customer_id,
+                reasons=[
+                    ReviewReason(code, {"score": risk.score, "model_version": risk.model_version})
+                    for code in (risk.reasons or ["review_band"])
+                ],
+                required_approvals=required_approvals(p.amount, p.four_eyes_threshold_minor),
+                amount_minor=p.amount,
+                currency=p.currency,
+            ),
+            id=review_id,
+            result_type=ReviewOutcome,
+        )
+        await workflow.wait_condition(lambda: handle.done() or self._cancel_requested)
+        if not handle.done():
+            handle.cancel()  # the case is withdrawn with the payment
+            self._note("review_withdrawn", review_id)
+            with contextlib.suppress(ChildWorkflowError, asyncio.CancelledError):
+                await handle
+            return None
+        outcome: ReviewOutcome = handle.result()
+        return outcome
+
+    async def _gateway_step(self) -> GatewayResult:
+        p = self._payment
+        key = f"{p.payment_id}:{p.kind}"
+        self._waiting_for("the card gateway" if p.kind == "topup" else "the payout at the gateway")
+        try:
+            return await self._gateway_call(key)
+        except ActivityError as exc:
+            if _error_type(exc) != GATEWAY_UNKNOWN_OUTCOME:
+                raise
+        # UNKNOWN: the request may have been applied. Ask, with backoff on durable timers.
+        self._note("gateway_outcome_unknown")
+        wait = _UNKNOWN_FIRST_WAIT
+        lookups = 0
+        while True:
+            self._waiting_for(f"the gateway's answer about {p.payment_id} (next look in {wait})")
+            await workflow.sleep(wait)
+            wait = min(wait * 2, _UNKNOWN_MAX_WAIT)
+            found: GatewayResult = await workflow.execute_activity(
+                FIND_CHARGE if p.kind == "topup" else FIND_PAYOUT,
+                p.payment_id,
+                result_type=GatewayResult,
+                start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
+                retry_policy=_GATEWAY,
+            )
+            lookups += 1
+            if found.outcome in {"succeeded", "declined"}:
+                self._note("gateway_outcome_resolved", found.outcome)
+                return found
+            if found.outcome == "absent" and lookups >= _LOOKUPS_BEFORE_REPLAY:
+                # Nothing under our reference: replay the SAME key. The gateway applies a
+                # key once, so this either returns the original answer or charges once.
+                try:
+                    replayed = await self._gateway_call(key)
+                except ActivityError as exc:
+                    if _error_type(exc) != GATEWAY_UNKNOWN_OUTCOME:
+                        raise
+                    continue
+                self._note("gateway_outcome_resolved", f"replayed: {replayed.outcome}")
+                return replayed
+
+    async def _gateway_call(self, key: str) -> GatewayResult:
+        p = self._payment
+        arg: ChargeInput | PayoutInput
+        if p.kind == "topup":
+            method = _given(p.payment_method, "payment_method")
+            activity, arg = (
+                CHARGE_CARD,
+                ChargeInput(p.payment_id, key, p.amount, p.currency, method),
+            )
+        else:
+            bank = _given(p.payout_destination, "payout_destination")
+            arg = PayoutInput(p.payment_id, key, p.amount, p.currency, bank)
+            activity = SEND_PAYOUT
+        result: GatewayResult = await workflow.execute_activity(
+            activity,
+            arg,
+            result_type=GatewayResult,
+            start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
+            retry_policy=_GATEWAY,
+        )
+        return result
+
+    # ---- compensation and the end ----------------------------------------------------
+
+    async def _post_failed(self, code: str) -> None:
+        p = self._payment
+        self._note("post_failed", code)
+        if p.kind == "payout":
+            # Money already left for the bank; the hold keeps the wallet's funds reserved
+            # until reconciliation settles it.
+            return await self._finish("failed", "post_failed_after_payout")
+        await self._compensate(code)
+        await self._finish("failed", code)
+
+    async def _compensate(self, why: str) -> None:
+        """Walk back: refund a charge at the gateway, then release the hold."""
+        p = self._payment
+        self._waiting_for("compensation")
+        if self._charged is not None and self._charged.reference and p.kind == "topup":
+            refund: GatewayResult = await workflow.execute_activity(
+                REFUND_CHARGE,
+                RefundChargeInput(
+                    payment_id=p.payment_id,
+                    idempotency_key=f"{p.payment_id}:compensation-refund",
+                    gateway_reference=self._charged.reference,
+                    amount=p.amount,
+                ),
+                result_type=GatewayResult,
+                start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
+            )
+            self._note("charge_refunded", refund.reference or refund.outcome)
+        # A payout that left cannot be recalled: its hold stays for reconciliation.
+        if self._hold_id is not None and not (p.kind == "payout" and self._charged is not None):
+            await self._void(why)
+
+    async def _void(self, why: str) -> None:
+        p = self._payment
+        voided: str | None = await workflow.execute_local_activity(
+            VOID_HOLD,
+            ResolveHoldInput(f"{p.payment_id}:void", p.payment_id, self._held()),
+            result_type=str,  # None when the hold had expired already
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+        )
+        self._note("hold_voided", f"{voided or 'nothing to void'} ({why})")
+
+    async def _undo_and_finish(self, status: str, code: str | None = None) -> None:
+        if self._hold_id is not None:
+            await self._void(code or status)
+        await self._finish(status, code)
+
+    async def _finish(self, status: str, code: str | None = None) -> None:
+        self._state.decline_code = code
+        self._set_status(status)
+        self._note(status, code or "")
+        self._waiting_for("")
+        await self._record()
+        await self._announce()
+
+    async def _record(self) -> None:
+        s = self._state
+        await workflow.execute_local_activity(
+            RECORD_PAYMENT,
+            PaymentRecord(
+                payment_id=s.payment_id,
+                status=s.status,
+                decline_code=s.decline_code,
+                risk=s.risk,
+                review_id=s.review_id,
+                gateway_reference=s.gateway_reference,
+                captured_amount=s.captured_amount,
+                timeline=list(s.timeline),
+            ),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+        )
+
+    async def _announce(self) -> None:
+        """Email and webhooks run in their own workflow: slow receivers never hold a payment."""
+        s, p = self._state, self._payment
+        event = PlatformEvent(
+            id=event_id(p.payment_id, f"payment.{s.status}"),
+            type=f"payment.{s.status}",
+            created_at=workflow.now().isoformat(),
+            client_id=p.client_id,
+            customer_id=p.customer_id,
+            data=payment_data(
+                payment_id=p.payment_id,
+                kind=p.kind,
+                amount=p.amount,
+                currency=p.currency,
+                status=s.status,
+                decline_code=s.decline_code,
+            ),
+        )
+        with contextlib.suppress(WorkflowAlreadyStartedError):  # announced already
+            await workflow.start_child_workflow(
+                EVENT_DELIVERY_WORKFLOW,
+                event,
+                id=event.id,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                # One delivery per event, even if a replayed start comes after it finished.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+
+
+def _given(value: str | None, name: str) -> str:
+    if value is None:  # the API validates each kind's fields; this is a broken input
+        raise ApplicationError(f"{name} is required", type="InvalidPayment", non_retryable=True)
+    return value
+
+
+def _error_type(exc: ActivityError) -> str | None:
+    cause = exc.cause
+    return cause.type if isinstance(cause, ApplicationError) else None
+
+
+def _business_code(exc: ActivityError | ApplicationError) -> str | None:
+    """The stable code of a ledger refusal (activities raise it named after its class).
+    A local activity's failure arrives as the ApplicationError itself, a regular one's as
+    the cause of an ActivityError."""
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
+    if isinstance(cause, ApplicationError) and cause.type in LEDGER_CODES:
+        return LEDGER_CODES[cause.type]
+    return None
+
+
+if __name__ == "__main__":  # the sandbox re-imports this module; nothing runs on import
+    pass

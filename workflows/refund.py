@@ -1,0 +1,169 @@
+"""RefundWorkflow (``rfd_…``): give back part or all of a succeeded payment.
+
+The API reserves the amount first (``payment_refunds``, under a lock on the payment), so
+the refunds of a payment never add up to more than was captured. Then:
+
+    1. hold the money in the wallet that received it    (local) undone by VOID; a refusal
+                                                        (the customer spent it) -> failed
+    2. top-ups: refund the card at the gateway          a decline -> void, failed; retried
+                                                        with the refund's own key, so the
+                                                        gateway refunds once
+    3. post the hold                                    (local)
+    4. record it: the payment becomes ``partially_refunded`` or ``refunded``; notify.
+
+Search attributes: PaymentKind ``refund`` with the payment's CustomerId, AmountMinor and
+Currency (set at start); PaymentStatus becomes the payment's status after the refund.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from models.errors import LEDGER_ERRORS
+    from models.notifications import (
+        EVENT_DELIVERY_WORKFLOW,
+        PlatformEvent,
+        event_id,
+        payment_data,
+    )
+    from models.payment import (
+        GATEWAY_CALL_TIMEOUT,
+        HOLD_FUNDS,
+        POST_HOLD,
+        RECORD_REFUND,
+        REFUND_CHARGE,
+        REFUND_WORKFLOW,
+        VOID_HOLD,
+        GatewayResult,
+        HoldInput,
+        RefundChargeInput,
+        RefundInput,
+        RefundRecord,
+        RefundResult,
+        ResolveHoldInput,
+    )
+
+LEDGER_CODES = {cls.__name__: code for code, cls in LEDGER_ERRORS.items()}
+STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
+
+_QUICK = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
+HOLD_TIMEOUT_SECONDS = 24 * 3600
+
+
+@workflow.defn(name=REFUND_WORKFLOW)
+class RefundWorkflow:
+    @workflow.run
+    async def run(self, refund: RefundInput) -> RefundResult:
+        self._refund = refund
+        workflow.set_current_details("Waiting for the funds hold.")
+        try:
+            hold_id: str = await workflow.execute_local_activity(
+                HOLD_FUNDS,
+                HoldInput(
+                    transfer_id=f"{refund.refund_id}:hold",
+                    payment_id=refund.payment_id,
+                    debit_account_id=refund.debit_account_id,
+                    credit_account_id=refund.credit_account_id,
+                    amount=refund.amount,
+                    currency=refund.currency,
+                    timeout_seconds=HOLD_TIMEOUT_SECONDS,
+                ),
+                result_type=str,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=_QUICK,
+            )
+        except (ActivityError, ApplicationError) as exc:
+            # A local activity's failure arrives as the ApplicationError itself.
+            cause = exc.cause if isinstance(exc, ActivityError) else exc
+            if not (isinstance(cause, ApplicationError) and cause.type in LEDGER_CODES):
+                raise
+            return await self._finish("failed", LEDGER_CODES[cause.type], None)
+        hold = ResolveHoldInput(f"{refund.refund_id}:post", refund.payment_id, hold_id)
+
+        reference = None
+        if refund.gateway_reference is not None:
+            workflow.set_current_details("Waiting for the refund at the card gateway.")
+            result: GatewayResult = await workflow.execute_activity(
+                REFUND_CHARGE,
+                RefundChargeInput(
+                    payment_id=refund.payment_id,
+                    idempotency_key=refund.refund_id,
+                    gateway_reference=refund.gateway_reference,
+                    amount=refund.amount,
+                ),
+                result_type=GatewayResult,
+                start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
+                retry_policy=RetryPolicy(
+                    maximum_interval=timedelta(minutes=5),
+                    non_retryable_error_types=["GatewayRejected"],
+                ),
+            )
+            if result.outcome != "succeeded":
+                await self._quick(VOID_HOLD, ResolveHoldInput(
+                    f"{refund.refund_id}:void", refund.payment_id, hold_id))  # fmt: skip
+                return await self._finish("failed", result.decline_code or "declined", None)
+            reference = result.reference
+
+        await self._quick(POST_HOLD, hold)
+        return await self._finish("succeeded", None, reference)
+
+    async def _quick(self, activity: str, arg: object) -> None:
+        await workflow.execute_local_activity(
+            activity,
+            arg,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=_QUICK,
+        )
+
+    async def _finish(
+        self, status: str, failure_code: str | None, reference: str | None
+    ) -> RefundResult:
+        r = self._refund
+        payment_status: str = await workflow.execute_local_activity(
+            RECORD_REFUND,
+            RefundRecord(r.refund_id, r.payment_id, status, failure_code, reference),  # type: ignore[arg-type]
+            result_type=str,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+        )
+        workflow.upsert_search_attributes([STATUS.value_set(payment_status)])
+        workflow.set_current_details("")
+        if status == "succeeded":
+            event = PlatformEvent(
+                id=event_id(r.payment_id, "payment.refund", r.refund_id),
+                type=f"payment.{payment_status}",
+                created_at=workflow.now().isoformat(),
+                client_id=r.client_id,
+                customer_id=r.customer_id,
+                data=payment_data(
+                    payment_id=r.payment_id,
+                    kind=r.kind,
+                    amount=r.amount,
+                    currency=r.currency,
+                    status=payment_status,
+                    amount_refunded=r.amount,
+                ),
+            )
+            with contextlib.suppress(WorkflowAlreadyStartedError):  # announced already
+                await workflow.start_child_workflow(
+                    EVENT_DELIVERY_WORKFLOW,
+                    event,
+                    id=event.id,
+                    parent_close_policy=ParentClosePolicy.ABANDON,
+                    # One delivery per event, even if a replayed start comes after it finished.
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                )
+        return RefundResult(r.refund_id, status, failure_code, payment_status)
+
+
+if __name__ == "__main__":  # the sandbox re-imports this module; nothing runs on import
+    pass
