@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from api.errors import ProblemError
 from infra.envelope import EnvelopeCipher
 from infra.ledger_store import LedgerStore
 from infra.settings import Settings
@@ -63,3 +64,29 @@ LedgerDep = Annotated[LedgerStore, Depends(get_ledger)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 TemporalClientDep = Annotated[Client | None, Depends(get_temporal)]
+
+
+# Requests that move money or create something take a client-chosen key; a retry with the
+# same key is the same request. Missing -> 400 (not 422): it is a protocol requirement.
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]+$"),
+]
+
+
+def require_idempotency_key(key: str | None) -> str:
+    if not key:
+        raise ProblemError(
+            400,
+            "idempotency_key_required",
+            "Idempotency-Key header required",
+            "send a unique Idempotency-Key with the request; retry with the same key",
+            errors=[{"field": "Idempotency-Key", "code": "missing", "message": "required"}],
+        )
+    return key
+
+
+def temporal_or_503(client: Client | None) -> Client:
+    if client is None:
+        raise ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
+    return client

@@ -10,12 +10,24 @@ from fastapi import FastAPI
 
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
-from api.routes import accounts, codec, health, ledger, payments, reviews, session, webhooks
+from api.routes import (
+    accounts,
+    codec,
+    health,
+    kyc,
+    ledger,
+    onboarding,
+    payments,
+    reviews,
+    session,
+    webhooks,
+)
 from api.routes.codec import CodecCORS
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
 from infra.keycloak import TokenVerifier
 from infra.ledger_store import LedgerStore, create_ledger_pool
+from infra.onboarding_store import OnboardingStore
 from infra.payment_store import PaymentStore
 from infra.settings import Settings, get_settings
 from infra.temporal import EnvelopePayloadCodec
@@ -48,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.codec_origins = origins
         app.state.payload_codec = EnvelopePayloadCodec(cipher)
         app.state.engine = create_db_engine(settings)
+        app.state.onboarding = OnboardingStore(app.state.engine, cipher)
+        app.state.kyc_webhook_secret = platform_secrets["kyc"]["webhook_signing_secret"]
         app.state.temporal = TemporalHolder(settings, cipher)
         app.state.token_verifier = TokenVerifier(settings)
         pool = create_ledger_pool(settings)
@@ -74,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(ledger.router)
     app.include_router(payments.router)
+    app.include_router(onboarding.router)
+    app.include_router(kyc.router)
     app.include_router(reviews.router)
     app.include_router(codec.router)
     app.include_router(session.router)

@@ -98,6 +98,15 @@ class IdentityDirectory:
             user = self.get(user_id)
         return user
 
+    def send_set_password_email(self, user_id: str, *, lifespan_seconds: int | None = None) -> None:
+        """Have Keycloak mail the user a link to set their password (required action
+        UPDATE_PASSWORD). Keycloak refuses a disabled user or one without an email address;
+        the realm's SMTP settings say where the mail goes. ``lifespan_seconds`` None keeps
+        the realm's lifespan for such links."""
+        self._admin.send_update_account(
+            user_id=user_id, payload=["UPDATE_PASSWORD"], lifespan=lifespan_seconds
+        )
+
     def delete_user(self, user_id: str) -> None:
         """For tests and data-protection erasure only."""
         self._admin.delete_user(user_id)

@@ -7,6 +7,8 @@ for a payout is the gateway's token for it (``ba_…``).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -60,9 +62,11 @@ def platform_account_id(code: str, currency: str) -> str:
     return f"acc_platform_{code}_{currency.lower()}"
 
 
-def wallet_account_id(digest: str) -> str:
-    """A customer's wallet: one per customer and currency, named by a digest of both."""
-    return f"acc_wallet_{digest}"
+def wallet_account_id(owner: str, currency: str) -> str:
+    """A customer's wallet: one per customer (Keycloak subject) and currency, named by a
+    digest of both, so opening it is idempotent wherever it happens (API, onboarding)."""
+    digest = hashlib.sha256(f"wallet:{owner}:{currency}".encode()).digest()
+    return "acc_wallet_" + base64.b32encode(digest).decode().lower().rstrip("=")[:26]
 
 
 def review_id_for(payment_id: str) -> str:

@@ -30,6 +30,7 @@ from temporalio.worker import Worker
 from activities.identity import IdentityActivities
 from activities.ledger_maintenance import LedgerMaintenanceActivities
 from activities.notify import NotifyActivities
+from activities.onboarding import OnboardingActivities
 from activities.payment import PaymentActivities
 from activities.platform_check import PlatformCheckActivities
 from activities.review import ReviewActivities
@@ -38,9 +39,12 @@ from infra.envelope import EnvelopeCipher
 from infra.fraud_model import ensure_model
 from infra.gateway import CardGateway
 from infra.identity import IdentityDirectory
+from infra.kyc import KycProvider
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.notifier import Notifier
+from infra.onboarding_store import OnboardingStore
 from infra.payment_store import PaymentStore
+from infra.sanctions import SanctionsList, Screener
 from infra.settings import Settings, get_settings
 from infra.temporal import connect_temporal
 from infra.vault import SecretStore, SecretsUnavailable, connect_vault, load_platform_secrets
@@ -49,6 +53,7 @@ from infra.webhooks import WebhookSender, create_webhook_client
 from models.contracts import LEDGER_ROLL_UP_SCHEDULE
 from workflows.ledger_maintenance import LedgerRollUpWorkflow
 from workflows.notification import EventDeliveryWorkflow
+from workflows.onboarding import OnboardingWorkflow
 from workflows.payment import PaymentWorkflow
 from workflows.platform_check import PlatformCheckWorkflow
 from workflows.refund import RefundWorkflow
@@ -123,6 +128,18 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     payments = PaymentActivities(
         ledger, PaymentStore(ledger_pool), gateway, scorer, settings.risk_policy()
     )
+    kyc = KycProvider.from_settings(settings, api_key=secrets["kyc"]["api_key"])
+    # A list that does not load stops the start: screening against nothing is no screening.
+    screener = Screener(SanctionsList.load(settings.sanctions_list_path))
+    onboarding = OnboardingActivities(
+        OnboardingStore(engine, cipher),
+        directory,
+        kyc,
+        screener,
+        ledger,
+        Notifier(settings),
+        callback_url=f"{settings.api_url}/v1/kyc/callbacks",
+    )
     client = await connect_temporal(settings, cipher)
     await ensure_schedules(client, settings)
     try:
@@ -137,6 +154,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     PaymentWorkflow,
                     RefundWorkflow,
                     EventDeliveryWorkflow,
+                    OnboardingWorkflow,
                 ],
                 activities=[
                     checks.check_database,
@@ -162,6 +180,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     notify.record_event,
                     notify.deliver_webhook,
                     notify.email_customer,
+                    onboarding.create_applicant_user,
+                    onboarding.start_kyc_check,
+                    onboarding.get_kyc_verification,
+                    onboarding.screen_applicant,
+                    onboarding.activate_customer,
+                    onboarding.notify_applicant,
+                    onboarding.record_onboarding,
                 ],
                 activity_executor=pool,
                 **worker_tuning(),
@@ -172,6 +197,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         await gateway.aclose()
         await webhook_http.aclose()
+        await kyc.aclose()
         await ledger.close()
         await ledger_pool.close()
         engine.dispose()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -23,22 +21,12 @@ router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 Customer = Annotated[Principal, require_role("customer")]
 
 
-def wallet_id(owner: str, currency: str) -> str:
-    """One wallet per customer and currency: the id is derived, so opening is idempotent."""
-    digest = hashlib.sha256(f"wallet:{owner}:{currency}".encode()).digest()
-    return wallet_account_id(base32(digest)[:26])
-
-
-def base32(data: bytes) -> str:
-    return base64.b32encode(data).decode().lower().rstrip("=")
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountPublic)
 async def open_wallet(
     body: WalletCreate, principal: Customer, ledger: LedgerDep, response: Response
 ) -> AccountPublic:
     """Open the caller's wallet in a currency; the same currency again returns it (200)."""
-    account_id = wallet_id(principal.subject, body.currency)
+    account_id = wallet_account_id(principal.subject, body.currency)
     existing = await ledger.get_account(account_id)
     if existing is not None:
         response.status_code = status.HTTP_200_OK

@@ -18,7 +18,7 @@ import hashlib
 import json
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributeKey,
@@ -31,7 +31,14 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.auth import Principal, require_role
-from api.deps import LedgerDep, SettingsDep, TemporalClientDep
+from api.deps import (
+    IdempotencyHeader,
+    LedgerDep,
+    SettingsDep,
+    TemporalClientDep,
+    require_idempotency_key,
+    temporal_or_503,
+)
 from api.errors import ProblemError
 from infra.ledger_store import LedgerStore
 from infra.payment_store import NewPayment, PaymentStore, StoredPayment, StoredRefund
@@ -68,11 +75,6 @@ Reader = Annotated[
 Actor = Annotated[Principal, require_role("customer", "app", "operator", "admin")]
 WALLET = "customer_wallet"
 
-IdempotencyHeader = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]+$"),
-]
-
 
 def payment_search_attributes(
     *, status: str, kind: str, customer_id: str, amount: int, currency: str
@@ -92,25 +94,6 @@ def payment_search_attributes(
 def _payments(request: Request) -> PaymentStore:
     store: PaymentStore = request.app.state.payments
     return store
-
-
-def _require_key(key: str | None) -> str:
-    if not key:
-        raise ProblemError(
-            400,
-            "idempotency_key_required",
-            "Idempotency-Key header required",
-            "send a unique Idempotency-Key with every request that moves money; "
-            "retry with the same key",
-            errors=[{"field": "Idempotency-Key", "code": "missing", "message": "required"}],
-        )
-    return key
-
-
-def _temporal(client: Client | None) -> Client:
-    if client is None:
-        raise ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
-    return client
 
 
 def _invalid(field: str, code: str, message: str, status_code: int = 422) -> ProblemError:
@@ -260,14 +243,14 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     key: IdempotencyHeader = None,
 ) -> PaymentPublic:
     """Move money: top up a wallet by card, transfer between wallets, or pay out to a bank."""
-    key = _require_key(key)
+    key = require_idempotency_key(key)
     problems = body.kind_problems()
     if problems:
         raise ProblemError(
             422, "validation_failed", "The request has invalid fields",
             ", ".join(p["field"] for p in problems), errors=problems,
         )  # fmt: skip
-    client = _temporal(temporal)
+    client = temporal_or_503(temporal)
     acting_customer = None if "app" in principal.roles else principal.subject
     if body.kind == "topup":
         assert body.destination_account_id is not None  # noqa: S101 - kind_problems checked
@@ -372,7 +355,7 @@ async def cancel_payment(
     until it is posted). 409 ``payment_not_cancelable`` after that."""
     store = _payments(request)
     payment = _visible(principal, await store.get(payment_id), payment_id)
-    client = _temporal(temporal)
+    client = temporal_or_503(temporal)
     too_late = ProblemError(
         409, "payment_not_cancelable", "The payment can no longer be canceled",
         f"payment {payment_id} is {payment.status}",
@@ -463,7 +446,7 @@ async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
 ) -> RefundPublic:
     """Give back part or all of a succeeded top-up or transfer. The refunds of a payment
     never add up to more than was captured (409 ``refund_exceeds_capture``)."""
-    key = _require_key(key)
+    key = require_idempotency_key(key)
     store = _payments(request)
     payment = _visible(principal, await store.get(payment_id), payment_id)
     if payment.kind == "payout":
@@ -474,7 +457,7 @@ async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     ):  # the sender cannot pull money back out of someone else's wallet
         raise ProblemError(403, "forbidden", "Not allowed",
                            "transfers are refunded by operators or the app")  # fmt: skip
-    client = _temporal(temporal)
+    client = temporal_or_503(temporal)
     already = sum(r.amount for r in await store.refunds_of(payment_id) if r.status != "failed")
     amount = body.amount if body.amount is not None else payment.captured_amount - already
     if amount <= 0:

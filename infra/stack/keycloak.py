@@ -10,6 +10,7 @@ import-if-absent); its users, roles and sessions persist in the dev-file databas
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -132,6 +133,42 @@ class KeycloakService(Service):
         if realm.status_code != 200:
             return Health("unhealthy", f"realm {s.keycloak_realm}: {realm.status_code}")
         return Health("healthy", s.keycloak_issuer)
+
+    def configure(self) -> None:
+        """Give an existing realm the mail settings of the realm file.
+
+        Keycloak imports a realm file only when the realm does not exist yet, so a realm
+        created before ``smtpServer`` was in the file would never mail anything (the
+        set-password links of onboarding). Checked at every ``up``; written only when it
+        differs, with the master realm's development admin.
+        """
+        s = self.settings
+        realm_file = REALM_DIR / f"{s.keycloak_realm}-realm.json"
+        if not realm_file.exists():
+            return
+        wanted = json.loads(realm_file.read_text()).get("smtpServer")
+        if not wanted:
+            return
+        admin = f"{s.keycloak_url}/admin/realms/{s.keycloak_realm}"
+        try:
+            token = httpx.post(
+                f"{s.keycloak_url}/realms/master/protocol/openid-connect/token",
+                data={"client_id": "admin-cli", "grant_type": "password",
+                      "username": DEV_ADMIN[0], "password": DEV_ADMIN[1]},
+                timeout=10,
+            )  # fmt: skip
+            token.raise_for_status()
+            headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            realm = httpx.get(admin, headers=headers, timeout=10)
+            realm.raise_for_status()
+            current = realm.json().get("smtpServer") or {}
+            if all(current.get(k) == v for k, v in wanted.items()):
+                return
+            httpx.put(
+                admin, headers=headers, json={"smtpServer": wanted}, timeout=10
+            ).raise_for_status()
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            raise StackError(f"keycloak: could not set the realm's SMTP server: {exc}") from exc
 
     def urls(self) -> dict[str, str]:
         s = self.settings

@@ -14,14 +14,27 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from workflows.notification import EventDeliveryWorkflow
+from workflows.onboarding import OnboardingWorkflow
+from workflows.payment import PaymentWorkflow
+from workflows.refund import RefundWorkflow
 from workflows.review import ComplianceReviewWorkflow
+
+# Every workflow the worker runs (workers/main.py): a history replays against its own type.
+WORKFLOWS = [
+    ComplianceReviewWorkflow,
+    PaymentWorkflow,
+    RefundWorkflow,
+    OnboardingWorkflow,
+    EventDeliveryWorkflow,
+]
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 @pytest.mark.parametrize("history", HISTORIES, ids=[h.stem for h in HISTORIES])
 async def test_recorded_history_replays(history: Path) -> None:
-    replayer = Replayer(workflows=[ComplianceReviewWorkflow])
+    replayer = Replayer(workflows=WORKFLOWS)
     await replayer.replay_workflow(WorkflowHistory.from_json(history.stem, history.read_text()))
 
 

@@ -144,6 +144,8 @@ async def test_the_token_matrix(
 # Who gets what on every route. "ok" is any answer but 401/403 (the route's own outcome).
 EVERYONE = {"alice", "bob", "olivia", "carol", "cora", "admin"}
 STAFF = {"olivia", "admin"}
+# Not for bearer tokens: the sender signs the body (tested with the route itself).
+SIGNED_BY_THE_SENDER = {("POST", "/v1/kyc/callbacks")}
 CUSTOMERS = {"alice", "bob"}
 READERS_OF_PAYLOADS = {"olivia", "carol", "cora"}
 ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
@@ -165,6 +167,11 @@ ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/payments/pay_nothing/cancel"): CUSTOMERS | STAFF,
     ("POST", "/v1/payments/pay_nothing/refunds"): CUSTOMERS | STAFF,
     ("GET", "/v1/payments/pay_nothing/refunds"): EVERYONE,
+    ("POST", "/v1/onboarding"): set(),  # app clients only
+    ("GET", "/v1/onboarding/onb_nothing"): STAFF | {"carol", "cora"},
+    ("POST", "/v1/onboarding/onb_nothing/documents"): set(),
+    ("POST", "/v1/onboarding/onb_nothing/reminders"): STAFF,
+    ("POST", "/v1/onboarding/onb_nothing/cancel"): STAFF,
     ("POST", "/codec/decode"): READERS_OF_PAYLOADS,
     ("POST", "/codec/encode"): READERS_OF_PAYLOADS,
     # Apps only (client-credentials tokens with the app role): no dev user may.
@@ -208,11 +215,12 @@ def test_the_matrix_covers_every_route() -> None:
             .replace("acc_nothing", "{account_id}")
             .replace("rev_nothing", "{review_id}")
             .replace("pay_nothing", "{payment_id}")
+            .replace("onb_nothing", "{onboarding_id}")
             .replace("we_nothing", "{endpoint_id}"),
         )
         for m, p in ROLE_MATRIX
     }
-    assert routes == covered
+    assert routes == covered | SIGNED_BY_THE_SENDER
 
 
 async def test_a_rotated_realm_key_is_accepted_without_restart(
