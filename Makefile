@@ -43,3 +43,7 @@ test: lint browser ## the whole suite; starts the stack it needs and stops what 
 
 bench: install ## benchmarks against the running stack (`make run` first); never a test
 	$(BIN)/python -m bench.ledger
+
+.PHONY: bench-payments
+bench-payments: install ## payments/s through the API next to a bare Temporal workflow (`make run` first)
+	$(BIN)/python -m bench.payments $(ARGS)

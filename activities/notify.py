@@ -13,7 +13,7 @@ import asyncio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from infra.identity import IdentityDirectory
+from infra.identity import IdentityDirectory, UnknownUser
 from infra.notifier import Notifier
 from infra.webhook_store import WebhookStore
 from infra.webhooks import EndpointGone, WebhookFailed, WebhookSender, event_body
@@ -131,9 +131,12 @@ class NotifyActivities:
             return EmailOutcome(status="no_address", error="the event concerns no customer")
         if self._store.mail_sent(event.id):
             return EmailOutcome(status="already_sent")
-        # The directory answers UnknownUser for a missing user and for an unreachable
-        # Keycloak alike, so that is retried rather than taken as "no such customer".
-        user = self._directory.get(event.customer_id)
+        # A customer Keycloak no longer knows gets no mail; an unreachable Keycloak is
+        # retried (the directory tells the two apart).
+        try:
+            user = self._directory.get(event.customer_id)
+        except UnknownUser:
+            return EmailOutcome(status="no_address", error="no such customer in the directory")
         if not user.email:
             return EmailOutcome(status="no_address", error="the customer has no email address")
         subject, body = customer_message(event)

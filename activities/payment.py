@@ -41,6 +41,7 @@ from models.payment import (
     GATEWAY_UNKNOWN_OUTCOME,
     HOLD_FUNDS,
     POST_HOLD,
+    POSTED,
     RECORD_PAYMENT,
     RECORD_REFUND,
     REFUND_CHARGE,
@@ -173,6 +174,13 @@ class PaymentActivities:
             raise ledger_refusal(exc) from exc
         return transfer.id
 
+    async def _exists(self, transfer_id: str) -> bool:
+        try:
+            await self._ledger.get_transfers([transfer_id])
+        except KeyError:
+            return False
+        return True
+
     @activity.defn(name=VOID_HOLD)
     async def void_hold(self, request: ResolveHoldInput) -> str | None:
         """Release a hold. One that expired or was already resolved needs no release."""
@@ -185,7 +193,13 @@ class PaymentActivities:
                     metadata={"payment_id": request.payment_id},
                 )
             )
-        except (PendingTransferExpired, PendingTransferAlreadyResolved):
+        except PendingTransferExpired:
+            return None
+        except PendingTransferAlreadyResolved:
+            # Voided before (a retry), or posted: a post whose answer was lost must not be
+            # taken for a release, or the saga would refund money the wallet kept.
+            if request.post_id is not None and await self._exists(request.post_id):
+                return POSTED
             return None
         except LedgerError as exc:
             raise ledger_refusal(exc) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
+from keycloak.exceptions import KeycloakGetError
 
 from infra.settings import Settings
 from models.contracts import IdentityUser
@@ -51,10 +52,14 @@ class IdentityDirectory:
         )
 
     def get(self, user_id: str) -> IdentityUser:
+        """The user; ``UnknownUser`` only when Keycloak says there is none (404). Any other
+        failure (Keycloak unreachable, a 5xx) propagates, so callers retry it."""
         try:
             return self._user(self._admin.get_user(user_id))
-        except Exception as exc:  # python-keycloak raises KeycloakGetError on 404
-            raise UnknownUser(user_id) from exc
+        except KeycloakGetError as exc:
+            if exc.response_code == 404:
+                raise UnknownUser(user_id) from exc
+            raise
 
     def find(self, *, username: str | None = None, email: str | None = None) -> IdentityUser | None:
         query: dict[str, Any] = {"exact": True}

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from models.money import CURRENCY_EXPONENTS
+from models.schemas import Currency
 
 Name = Field(min_length=1, max_length=100)
 Country = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
@@ -46,14 +46,7 @@ class ApplicationCreate(BaseModel):
     country: str = Country
     address: AddressIn
     document: DocumentIn | None = None
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
-
-    @field_validator("currency")
-    @classmethod
-    def _supported(cls, currency: str) -> str:
-        if currency not in CURRENCY_EXPONENTS:
-            raise ValueError(f"unsupported currency {currency}")
-        return currency
+    currency: Currency
 
     @field_validator("date_of_birth")
     @classmethod

@@ -154,6 +154,12 @@ class ResolveHoldInput:
     transfer_id: str
     payment_id: str
     hold_id: str
+    # void only: the id the saga posts the hold under, to tell "posted" from "expired"
+    post_id: str | None = None
+
+
+# What ``void_hold`` answers when the hold it was asked to release had been posted.
+POSTED = "posted"
 
 
 @dataclass(frozen=True)

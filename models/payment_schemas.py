@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from models.money import CURRENCY_EXPONENTS, MAX_AMOUNT_MINOR
+from models.money import MAX_AMOUNT_MINOR
+from models.schemas import Currency
 
 _SOURCE, _DESTINATION = "source_account_id", "destination_account_id"
 _METHOD, _BANK = "payment_method", "payout_destination"
@@ -29,7 +30,7 @@ class PaymentCreate(BaseModel):
 
     kind: Literal["topup", "transfer", "payout"]
     amount: int = Field(strict=True, gt=0, le=MAX_AMOUNT_MINOR, description="minor units")
-    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case")
+    currency: Currency
     source_account_id: str | None = Field(default=None, pattern=r"^acc_[0-9a-z_]{1,60}$")
     destination_account_id: str | None = Field(default=None, pattern=r"^acc_[0-9a-z_]{1,60}$")
     payment_method: str | None = Field(
@@ -42,13 +43,6 @@ class PaymentCreate(BaseModel):
         pattern=r"^ba_[A-Za-z0-9_]{1,100}$",
         description="the card gateway's bank-account token (payout)",
     )
-
-    @field_validator("currency")
-    @classmethod
-    def _supported(cls, currency: str) -> str:
-        if currency not in CURRENCY_EXPONENTS:
-            raise ValueError(f"unsupported currency {currency}")
-        return currency
 
     def kind_problems(self) -> list[dict[str, str]]:
         """Each field the kind needs and lacks, or has and must not (one entry per field)."""
@@ -137,11 +131,4 @@ class RefundPublic(BaseModel):
 class WalletCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
-
-    @field_validator("currency")
-    @classmethod
-    def _supported(cls, currency: str) -> str:
-        if currency not in CURRENCY_EXPONENTS:
-            raise ValueError(f"unsupported currency {currency}")
-        return currency
+    currency: Currency

@@ -1,8 +1,13 @@
-"""EventDeliveryWorkflow (workflow id = the event id): tell the world about one event.
+"""How events reach the world: ``announce`` and the EventDeliveryWorkflow.
 
-Started by the workflow the event belongs to (a payment reaching a terminal state) as a
-child with parent close policy ABANDON, so the parent finishes without waiting for slow
-receivers, and a second start for the same event is refused by Temporal.
+A workflow whose business object reaches a terminal state (a payment, a refund) calls
+``announce``: it records the event and mails the customer inline (local activities), and
+starts an EventDeliveryWorkflow (workflow id = the event id) only for what needs durable
+retries: webhooks to the app's endpoints, or a mail the inline attempt could not send. That
+child is started with parent close policy ABANDON, so the parent finishes without waiting
+for slow receivers, and a second start for the same event is refused by Temporal.
+
+EventDeliveryWorkflow:
 
 Steps:
 1. ``record_event``: store the event once; learn the endpoints of its app that are
@@ -19,11 +24,14 @@ Every attempt is written to ``webhook_deliveries`` by the activity itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from models.notifications import (
@@ -55,6 +63,9 @@ WEBHOOK_RETRY = RetryPolicy(
 WEBHOOK_DEADLINE = timedelta(days=3)
 # One attempt: the sender's own HTTP timeout plus the database writes around it.
 WEBHOOK_ATTEMPT_TIMEOUT = timedelta(seconds=30)
+QUICK_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
 # Our own database, SMTP relay and Keycloak: the same patience as a receiver's.
 LOCAL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(hours=1)
@@ -131,6 +142,50 @@ class EventDeliveryWorkflow:
         except ActivityError as exc:
             return EmailOutcome(status="failed", error=_reason(exc)[1])
         return outcome
+
+
+async def announce(event: PlatformEvent) -> None:
+    """Announce an event from inside another workflow (a payment, a refund).
+
+    The event is recorded and the customer mailed right there, as local activities: the
+    common case costs the caller no extra workflow task and no second workflow. Only what
+    may need hours or days of retries gets an ``EventDeliveryWorkflow`` of its own (started
+    abandoned, one per event id): webhooks to the app's endpoints, and a mail that could not
+    be sent within a minute.
+    """
+    recorded: RecordedEvent = await workflow.execute_local_activity(
+        RECORD_EVENT,
+        event,
+        result_type=RecordedEvent,
+        start_to_close_timeout=timedelta(seconds=10),
+        retry_policy=QUICK_RETRY,
+    )
+    mailed = event.customer_id is None
+    if not mailed:
+        try:
+            await workflow.execute_local_activity(
+                EMAIL_CUSTOMER,
+                event,
+                result_type=EmailOutcome,
+                start_to_close_timeout=timedelta(seconds=15),
+                schedule_to_close_timeout=timedelta(minutes=1),
+                retry_policy=QUICK_RETRY,
+            )
+            mailed = True
+        except (ActivityError, ApplicationError) as exc:
+            workflow.logger.warning("mail for %s handed to delivery: %s", event.id, exc)
+    if not recorded.endpoint_ids and mailed:
+        return
+    # The delivery workflow mails only what was not mailed here.
+    handed = event if not mailed else dataclasses.replace(event, customer_id=None)
+    with contextlib.suppress(WorkflowAlreadyStartedError):  # announced already
+        await workflow.start_child_workflow(
+            EVENT_DELIVERY_WORKFLOW,
+            handed,
+            id=event.id,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
 
 
 if __name__ == "__main__":  # the sandbox re-imports this module; nothing runs on import

@@ -445,7 +445,8 @@ class OnboardingWorkflow:
         a = self._app
         self._decided = True
         self._state.decision_reason = reason
-        await self._set_status("approved")
+        # Activated first, then "approved": an approved application's customer can log in
+        # (once they set their password) and has a wallet.
         self._waiting_for("the customer's activation (user, set-password email, wallet)")
         activation = await self._ours(
             ACTIVATE_CUSTOMER,
@@ -458,7 +459,7 @@ class OnboardingWorkflow:
             Activation,
         )
         self._state.wallet_account_id = activation.wallet_account_id
-        await self._record()
+        await self._set_status("approved")
         self._waiting_for("the welcome notice")
         await self._notify("welcome")
         self._waiting_for("")

@@ -14,11 +14,14 @@ as far as the saga got):
                                        a timeout is an UNKNOWN outcome, not a failure: the saga
                                        asks the gateway what happened (durable timers, backoff)
                                        and replays the same Idempotency-Key, never a new one.
-    5. post the hold          (local)  a failure after a charge -> refund at the gateway, then
-                                       void, failed. (A payout cannot be recalled: a failed
-                                       post after a payout ends ``failed``,
-                                       ``post_failed_after_payout``, for reconciliation.)
-    6. notify                 (child, abandoned) EventDeliveryWorkflow: email + signed webhooks.
+    5. post the hold          (local)  refused after a charge -> refund at the gateway, then
+                                       void, failed. Retries exhausted instead: void first,
+                                       as a post whose answer was lost shows up as posted
+                                       (then the payment succeeded). A payout cannot be
+                                       recalled: a refused post after one ends ``failed``,
+                                       ``post_failed_after_payout``, for reconciliation.
+    6. notify                 ``announce``: record the event, mail the customer (local);
+                                       webhooks in an abandoned EventDeliveryWorkflow.
 
 ``cancel`` (an Update) is honoured until the point of no return: the gateway step for top-ups
 and payouts, the post for transfers. Terminal statuses are final.
@@ -32,22 +35,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
-    WorkflowAlreadyStartedError,
 )
-from temporalio.workflow import ParentClosePolicy
+
+from workflows.notification import announce
 
 with workflow.unsafe.imports_passed_through():
     from models.errors import LEDGER_ERRORS
     from models.notifications import (
-        EVENT_DELIVERY_WORKFLOW,
         PlatformEvent,
         event_id,
         payment_data,
@@ -62,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         HOLD_FUNDS,
         PAYMENT_WORKFLOW,
         POST_HOLD,
+        POSTED,
         RECORD_PAYMENT,
         REFUND_CHARGE,
         SCORE_PAYMENT,
@@ -105,8 +108,14 @@ RISK_SCORE = SearchAttributeKey.for_float("RiskScore")
 HOLD_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 _QUICK = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=10),
+    # Still failing after ~2.5 minutes is an outage or a bug, not a blip: give up, so the
+    # saga compensates (void, refund) instead of retrying for ever with a card charged.
+    maximum_attempts=20,
 )
+# Backoffs longer than this wait on durable timers instead of holding the workflow task.
+_QUICK_LOCAL_RETRY = timedelta(seconds=1)
 _GATEWAY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
@@ -179,7 +188,11 @@ class PaymentWorkflow:
 
     def _set_status(self, status: str) -> None:
         self._state.status = status
-        workflow.upsert_search_attributes([STATUS.value_set(status)])
+        updates: list[SearchAttributeUpdate[Any]] = [STATUS.value_set(status)]
+        if self._state.risk is not None:
+            # With the status, not on its own: each upsert is a visibility write.
+            updates.append(RISK_SCORE.value_set(self._state.risk.score))
+        workflow.upsert_search_attributes(updates)
 
     # ---- the saga ----------------------------------------------------------------------
 
@@ -197,8 +210,12 @@ class PaymentWorkflow:
             workflow.logger.warning(
                 "payment %s failed: %r (cause %r)", payment.payment_id, exc, exc.__cause__
             )
-            await self._compensate(f"unexpected: {type(exc).__name__}")
-            await self._finish("failed", "processing_error")
+            if await self._compensate(f"unexpected: {type(exc).__name__}"):
+                # The post had landed after all (only its answer was lost): it succeeded.
+                self._state.captured_amount = payment.amount
+                await self._finish("succeeded")
+            else:
+                await self._finish("failed", "processing_error")
         state = self._state
         return PaymentResult(state.payment_id, state.status, state.decline_code)
 
@@ -259,7 +276,6 @@ class PaymentWorkflow:
             RiskSummary,
         )
         self._state.risk = risk
-        workflow.upsert_search_attributes([RISK_SCORE.value_set(risk.score)])
         self._note("risk_scored", f"{risk.band} {risk.score} {','.join(risk.reasons)}".strip())
         return risk
 
@@ -330,6 +346,7 @@ class PaymentWorkflow:
             result_type=result_type,
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=_QUICK,
+            local_retry_threshold=_QUICK_LOCAL_RETRY,
         )
         return result
 
@@ -435,47 +452,68 @@ class PaymentWorkflow:
     # ---- compensation and the end ----------------------------------------------------
 
     async def _post_failed(self, code: str) -> None:
+        """The ledger refused the post (a rule, e.g. the hold expired): it certainly did not
+        land, so the saga refunds at the gateway, then voids."""
         p = self._payment
         self._note("post_failed", code)
         if p.kind == "payout":
             # Money already left for the bank; the hold keeps the wallet's funds reserved
             # until reconciliation settles it.
             return await self._finish("failed", "post_failed_after_payout")
-        await self._compensate(code)
+        await self._refund_charge()
+        await self._release_hold(code)
         await self._finish("failed", code)
 
-    async def _compensate(self, why: str) -> None:
-        """Walk back: refund a charge at the gateway, then release the hold."""
-        p = self._payment
-        self._waiting_for("compensation")
-        if self._charged is not None and self._charged.reference and p.kind == "topup":
-            refund: GatewayResult = await workflow.execute_activity(
-                REFUND_CHARGE,
-                RefundChargeInput(
-                    payment_id=p.payment_id,
-                    idempotency_key=f"{p.payment_id}:compensation-refund",
-                    gateway_reference=self._charged.reference,
-                    amount=p.amount,
-                ),
-                result_type=GatewayResult,
-                start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
-            )
-            self._note("charge_refunded", refund.reference or refund.outcome)
-        # A payout that left cannot be recalled: its hold stays for reconciliation.
-        if self._hold_id is not None and not (p.kind == "payout" and self._charged is not None):
-            await self._void(why)
+    async def _compensate(self, why: str) -> bool:
+        """Walk back after an unexpected failure (retries exhausted). The last step may have
+        landed with only its answer lost, so the hold is released first: True when it turns
+        out to be posted (the payment went through, nothing is walked back); otherwise the
+        charge is refunded at the gateway."""
+        if await self._release_hold(why) == POSTED:
+            self._note("hold_found_posted", why)
+            return True
+        await self._refund_charge()
+        return False
 
-    async def _void(self, why: str) -> None:
+    async def _release_hold(self, why: str) -> str | None:
+        p = self._payment
+        # A payout that left cannot be recalled: its hold stays for reconciliation.
+        if self._hold_id is None or (p.kind == "payout" and self._charged is not None):
+            return None
+        return await self._void(why)
+
+    async def _refund_charge(self) -> None:
+        p = self._payment
+        if self._charged is None or not self._charged.reference or p.kind != "topup":
+            return
+        self._waiting_for("the refund at the card gateway")
+        refund: GatewayResult = await workflow.execute_activity(
+            REFUND_CHARGE,
+            RefundChargeInput(
+                payment_id=p.payment_id,
+                idempotency_key=f"{p.payment_id}:compensation-refund",
+                gateway_reference=self._charged.reference,
+                amount=p.amount,
+            ),
+            result_type=GatewayResult,
+            start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
+        )
+        self._note("charge_refunded", refund.reference or refund.outcome)
+
+    async def _void(self, why: str) -> str | None:
         p = self._payment
         voided: str | None = await workflow.execute_local_activity(
             VOID_HOLD,
-            ResolveHoldInput(f"{p.payment_id}:void", p.payment_id, self._held()),
-            result_type=str,  # None when the hold had expired already
+            ResolveHoldInput(
+                f"{p.payment_id}:void", p.payment_id, self._held(), f"{p.payment_id}:post"
+            ),
+            result_type=str,  # None: expired or voided already; POSTED: it was posted
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
         )
         self._note("hold_voided", f"{voided or 'nothing to void'} ({why})")
+        return voided
 
     async def _undo_and_finish(self, status: str, code: str | None = None) -> None:
         if self._hold_id is not None:
@@ -526,15 +564,7 @@ class PaymentWorkflow:
                 decline_code=s.decline_code,
             ),
         )
-        with contextlib.suppress(WorkflowAlreadyStartedError):  # announced already
-            await workflow.start_child_workflow(
-                EVENT_DELIVERY_WORKFLOW,
-                event,
-                id=event.id,
-                parent_close_policy=ParentClosePolicy.ABANDON,
-                # One delivery per event, even if a replayed start comes after it finished.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            )
+        await announce(event)
 
 
 def _given(value: str | None, name: str) -> str:

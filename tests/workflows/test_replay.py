@@ -40,3 +40,10 @@ async def test_recorded_history_replays(history: Path) -> None:
 
 def test_there_is_a_full_review_case_to_replay() -> None:
     assert any(h.stem == "review_full_case" for h in HISTORIES)
+
+
+def test_each_recorded_payment_path_is_there_to_replay() -> None:
+    # Recorded by tests/workflows/record_payment_histories.py, one file per path.
+    from tests.workflows.record_payment_histories import PATHS
+
+    assert {f"payment_{name}" for name in PATHS} <= {h.stem for h in HISTORIES}

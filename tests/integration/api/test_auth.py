@@ -27,18 +27,6 @@ AUDIENCE_MAPPER = {
 }
 
 
-@pytest.fixture(scope="module")
-def realm_admin(settings: Settings) -> KeycloakAdmin:
-    """The master-realm dev admin, for arranging the realm in tests only."""
-    return KeycloakAdmin(
-        server_url=settings.keycloak_url,
-        username="admin",
-        password="dev-admin",
-        realm_name=settings.keycloak_realm,
-        user_realm_name="master",
-    )
-
-
 @pytest.fixture
 def temporary_client(realm_admin: KeycloakAdmin) -> Iterator[Any]:
     """Make a public password-grant client with the given extras; removed afterwards."""

@@ -37,17 +37,6 @@ def app_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture(scope="module")
-def realm_admin(settings: Settings) -> KeycloakAdmin:
-    return KeycloakAdmin(
-        server_url=settings.keycloak_url,
-        username="admin",
-        password="dev-admin",
-        realm_name=settings.keycloak_realm,
-        user_realm_name="master",
-    )
-
-
 @pytest.fixture
 def users_to_delete(realm_admin: KeycloakAdmin) -> Iterator[list[str]]:
     made: list[str] = []
