@@ -16,7 +16,6 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
-from infra.onboarding_store import OnboardingStore, StoredApplication
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributeKey,
@@ -37,6 +36,7 @@ from api.deps import (
     temporal_or_503,
 )
 from api.errors import ProblemError
+from infra.onboarding_store import OnboardingStore, StoredApplication
 from models.contracts import Address, PersonalData
 from models.ids import new_id
 from models.onboarding import (
