@@ -96,6 +96,16 @@ async def _fund(api: httpx.AsyncClient, logins: Logins, wallet: str) -> None:
     assert (await wait_for(api, logins.headers("alice"), payment["id"]))["status"] == "succeeded"
 
 
+async def _gone(stack: Stack, pid: int) -> None:
+    """SIGKILL is delivered at once but the process is torn down a moment later: until
+    then it still looks alive, and ``up`` would take it for the running worker."""
+    for _ in range(100):
+        if stack.pid("worker") != pid:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"worker {pid} still alive 5 s after SIGKILL")
+
+
 async def _has(ledger: LedgerStore, transfer_id: str) -> bool:
     try:
         await ledger.get_transfers([transfer_id])
@@ -168,6 +178,7 @@ async def test_payments_survive_a_worker_killed_at_random_moments(
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
                 log.warning("killed worker %s at %.2f s", pid, time.monotonic() - t0)
+                await _gone(stack, pid)
             await asyncio.to_thread(stack.up, ("worker",))
 
     started, _ = await asyncio.gather(submit(), kill_and_restart())
