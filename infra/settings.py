@@ -92,17 +92,20 @@ class Settings(BaseSettings):
 
     # Risk policy (models/risk.py RiskPolicy), in minor units of EUR-like currencies. These
     # are the DEVELOPMENT values: the review threshold is low so the review path is easy to
-    # reach, while velocity, daily sums and model thresholds are loose because a handful of
-    # dev customers carry every test and benchmark payment. Production values to start from:
-    # per day 10_000_000, velocity 10 (review) / 30 (decline) per hour, model 0.7 / 0.95.
+    # reach, while velocity and daily sums are loose and the model does not decide, because
+    # a handful of dev customers carry every test and benchmark payment. Production values:
+    # per day 10_000_000, velocity 10 (review) / 30 (decline) per hour, the model deciding.
     risk_per_transaction_limit_minor: int = 5_000_000
     risk_per_day_limit_minor: int = 1_000_000_000
     risk_velocity_review_per_hour: int = 10_000
     risk_velocity_decline_per_hour: int = 100_000
     risk_review_amount_minor: int = 100_000
     risk_new_beneficiary_review_minor: int = 50_000
-    risk_model_review_score: float = 0.98
-    risk_model_decline_score: float = 0.995
+    risk_model_review_score: float = 0.7
+    risk_model_decline_score: float = 0.95
+    # Development: the model scores every payment (recorded on it) but decides nothing; the
+    # dev users' test bursts look like fraud to it. Production: true.
+    risk_model_decides: bool = False
 
     def risk_policy(self) -> RiskPolicy:
         return RiskPolicy(
@@ -114,6 +117,7 @@ class Settings(BaseSettings):
             new_beneficiary_review_minor=self.risk_new_beneficiary_review_minor,
             model_review_score=self.risk_model_review_score,
             model_decline_score=self.risk_model_decline_score,
+            model_decides=self.risk_model_decides,
         )
 
     # Fraud model artifacts (infra/fraud_model.py); unset: <stack dir>/models/fraud. The seed

@@ -141,6 +141,10 @@ class RiskPolicy:
     # Model probability at or above which the payment is reviewed / declined.
     model_review_score: float = 0.7
     model_decline_score: float = 0.95
+    # False: the score is recorded on every payment but decides nothing (the rules still
+    # do) — for a model under evaluation, or a development stack whose few test customers
+    # pay in bursts no real customer would.
+    model_decides: bool = True
 
     def __post_init__(self) -> None:
         if self.velocity_review_per_hour > self.velocity_decline_per_hour:
@@ -199,7 +203,9 @@ def assess(
         fired.append((RiskReason.large_amount, RiskBand.review))
     if features.new_beneficiary and amount >= policy.new_beneficiary_review_minor:
         fired.append((RiskReason.new_beneficiary, RiskBand.review))
-    if score >= policy.model_decline_score:
+    if not policy.model_decides:
+        pass
+    elif score >= policy.model_decline_score:
         fired.append((RiskReason.model_score, RiskBand.decline))
     elif score >= policy.model_review_score:
         fired.append((RiskReason.model_score, RiskBand.review))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from functools import cache
+import time
 
 from infra.keycloak import TokenVerifier, password_login
 from infra.settings import Settings
+
+TOKEN_REUSE_SECONDS = 120
 
 
 class Logins:
@@ -14,10 +16,15 @@ class Logins:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.verifier = TokenVerifier(settings)
+        self._tokens: dict[str, tuple[str, float]] = {}
 
-    @cache  # noqa: B019 - one instance per test session; tokens live five minutes
     def token(self, username: str) -> str:
-        return password_login(self.settings, username, f"dev-{username}")
+        # Tokens live five minutes and the suite runs longer: log in again well before that.
+        fetched = self._tokens.get(username)
+        if fetched is None or time.monotonic() - fetched[1] > TOKEN_REUSE_SECONDS:
+            fetched = (password_login(self.settings, username, f"dev-{username}"), time.monotonic())
+            self._tokens[username] = fetched
+        return fetched[0]
 
     def headers(self, username: str, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(username)}", **extra}

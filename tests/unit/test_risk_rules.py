@@ -226,3 +226,12 @@ def test_amounts_reach_the_model_in_major_units_whatever_the_exponent() -> None:
     euros = payment(amount_minor=99_900, currency="EUR").vector()
     yen = payment(amount_minor=999, currency="JPY").vector()
     assert euros[FEATURE_NAMES.index("log_amount")] == yen[FEATURE_NAMES.index("log_amount")]
+
+
+def test_a_model_that_does_not_decide_is_recorded_but_leaves_the_rules_to_decide() -> None:
+    advisory = dataclasses.replace(POLICY, model_decides=False)
+    quiet = assess(payment(), 0.99, VERSION, advisory)
+    assert (quiet.band, quiet.reasons, quiet.score) == (RiskBand.approve, (), 0.99)
+    large = assess(payment(amount_minor=POLICY.review_amount_minor), 0.99, VERSION, advisory)
+    assert (large.band, large.reasons) == (RiskBand.review, (RiskReason.large_amount,))
+    assert assess(payment(), 0.99, VERSION, POLICY).band == RiskBand.decline
