@@ -174,13 +174,6 @@ class PaymentActivities:
             raise ledger_refusal(exc) from exc
         return transfer.id
 
-    async def _exists(self, transfer_id: str) -> bool:
-        try:
-            await self._ledger.get_transfers([transfer_id])
-        except KeyError:
-            return False
-        return True
-
     @activity.defn(name=VOID_HOLD)
     async def void_hold(self, request: ResolveHoldInput) -> str | None:
         """Release a hold. One that expired or was already resolved needs no release."""
@@ -198,7 +191,8 @@ class PaymentActivities:
         except PendingTransferAlreadyResolved:
             # Voided before (a retry), or posted: a post whose answer was lost must not be
             # taken for a release, or the saga would refund money the wallet kept.
-            if request.post_id is not None and await self._exists(request.post_id):
+            post_id = request.post_id
+            if post_id is not None and await self._ledger.find_transfer(post_id) is not None:
                 return POSTED
             return None
         except LedgerError as exc:

@@ -224,6 +224,14 @@ class LedgerStore:
             (audit.actor, audit.action, ids[0], Jsonb({**audit.details, "transfer_ids": ids})),
         )
 
+    async def find_transfer(self, transfer_id: str) -> Transfer | None:
+        """The transfer under this id, or None when there is none (yet)."""
+        try:
+            [transfer] = await self.get_transfers([transfer_id])
+        except KeyError:
+            return None
+        return transfer
+
     async def get_transfers(self, ids: Sequence[str]) -> list[Transfer]:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)

@@ -281,14 +281,15 @@ class PaymentStore:
         *,
         refund_id: str,
         payment_id: str,
-        amount: int,
+        amount: int | None,
         scope: str,
         key: str,
         request_hash: str,
         created_by: str,
     ) -> tuple[StoredRefund, bool]:
-        """Reserve ``amount`` of the captured money for a refund, or find the refund a retry
-        of the same request made. Raises when the payment cannot give that much back."""
+        """Reserve ``amount`` (None: all that is left) of the captured money for a refund,
+        or find the refund a retry of the same request made. Raises when the payment cannot
+        give that much back."""
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -317,6 +318,10 @@ class PaymentStore:
             )
             reserved = _row(await cur.fetchone())
             left = payment["captured_amount"] - int(reserved["reserved"])
+            if amount is None:
+                amount = left
+            if amount <= 0:
+                raise RefundExceedsCapture("the payment is refunded in full")
             if amount > left:
                 raise RefundExceedsCapture(
                     f"{amount} exceeds what is left to refund ({left} of "

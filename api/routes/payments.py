@@ -439,7 +439,6 @@ async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     request: Request,
     response: Response,
     principal: Actor,
-    ledger: LedgerDep,
     settings: SettingsDep,
     temporal: TemporalClientDep,
     key: IdempotencyHeader = None,
@@ -458,15 +457,10 @@ async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
         raise ProblemError(403, "forbidden", "Not allowed",
                            "transfers are refunded by operators or the app")  # fmt: skip
     client = temporal_or_503(temporal)
-    already = sum(r.amount for r in await store.refunds_of(payment_id) if r.status != "failed")
-    amount = body.amount if body.amount is not None else payment.captured_amount - already
-    if amount <= 0:
-        raise ProblemError(409, "refund_exceeds_capture", "Nothing left to refund",
-                           f"payment {payment_id} is refunded in full")  # fmt: skip
     refund, created = await store.reserve_refund(
         refund_id=new_id("rfd"),
         payment_id=payment_id,
-        amount=amount,
+        amount=body.amount,
         scope=principal.subject,
         key=key,
         request_hash=_fingerprint(body, payment_id),

@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal, require_role
-from api.deps import TemporalClientDep
+from api.deps import TemporalClientDep, temporal_or_503
 from api.errors import ProblemError
 from models.review import REVIEW_WORKFLOW, Actor, AssignInput, DecideInput, ReviewState
 
@@ -70,12 +70,6 @@ def _actor(principal: Principal) -> Actor:
     )
 
 
-def _temporal(client: Client | None) -> Client:
-    if client is None:
-        raise ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
-    return client
-
-
 @router.get("", response_model=ReviewQueue)
 async def list_reviews(  # noqa: PLR0917 - FastAPI passes query parameters by name
     principal: Reader,
@@ -86,7 +80,7 @@ async def list_reviews(  # noqa: PLR0917 - FastAPI passes query parameters by na
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ReviewQueue:
     """The queue, oldest due first (from Temporal visibility)."""
-    client = _temporal(temporal)
+    client = temporal_or_503(temporal)
     statuses = OPEN_STATUSES if status == "open" else ("approved", "rejected")
     wanted = ", ".join(f"'{name}'" for name in statuses)
     # Running only: a case withdrawn with its payment keeps its last ReviewStatus.
@@ -135,7 +129,7 @@ async def _case(client: Client, review_id: str) -> ReviewState:
 @router.get("/{review_id}", response_model=None)
 async def get_review(review_id: str, principal: Reader, temporal: TemporalClientDep) -> ReviewState:
     """The case: subject, reasons, evidence, history of decisions, due time."""
-    return await _case(_temporal(temporal), review_id)
+    return await _case(temporal_or_503(temporal), review_id)
 
 
 async def _update(
@@ -168,7 +162,7 @@ async def decide(
 ) -> ReviewState:
     """Approve, reject or ask for information; answers with the case after the decision."""
     request = DecideInput(actor=_actor(principal), reason=body.reason)
-    return await _update(_temporal(temporal), review_id, body.decision, request, key)
+    return await _update(temporal_or_503(temporal), review_id, body.decision, request, key)
 
 
 @router.post("/{review_id}/assign", response_model=None)
@@ -177,4 +171,4 @@ async def assign(
 ) -> ReviewState:
     """Take the case, or (supervisor) hand it to another officer."""
     request = AssignInput(actor=_actor(principal), assignee=body.assignee or principal.subject)
-    return await _update(_temporal(temporal), review_id, "assign", request, None)
+    return await _update(temporal_or_503(temporal), review_id, "assign", request, None)

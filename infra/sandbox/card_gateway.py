@@ -83,12 +83,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from infra.sandbox.serving import serve
 
 JsonObject = dict[str, Any]
 # A form body: plain fields, and Stripe's bracketed ones (metadata[payment_id]) as a dict.
@@ -934,23 +935,13 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 def main() -> int:
     config = GatewayConfig.from_env()
     store = Store(config.home / "gateway.sqlite3")
-    server = uvicorn.Server(
-        uvicorn.Config(
-            CardGateway(config, store).app(),
-            host=os.environ.get("BFC_GATEWAY_HOST", "127.0.0.1"),
-            port=int(os.environ.get("BFC_GATEWAY_PORT", "8101")),
-            log_level="info",
-            access_log=False,
-            lifespan="off",
-            # A request held open by a timeout fault must not hold up a stop for long.
-            timeout_graceful_shutdown=2,
-        )
+    return serve(
+        CardGateway(config, store).app(),
+        host=os.environ.get("BFC_GATEWAY_HOST", "127.0.0.1"),
+        port=int(os.environ.get("BFC_GATEWAY_PORT", "8101")),
+        close=store.close,
+        lifespan="off",
     )
-    try:
-        server.run()
-    finally:
-        store.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -69,13 +69,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-import uvicorn
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from infra.sandbox.serving import serve
 
 log = logging.getLogger("bfc.sandbox.kyc")
 
@@ -519,22 +520,13 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = KycConfig.from_env()
     store = Store(config.home / "kyc.sqlite3")
-    server = uvicorn.Server(
-        uvicorn.Config(
-            KycSandbox(config, store).app(),
-            host=os.environ.get("BFC_KYC_HOST", "127.0.0.1"),
-            port=int(os.environ.get("BFC_KYC_PORT", "8102")),
-            log_level="info",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
+    return serve(
+        KycSandbox(config, store).app(),
+        host=os.environ.get("BFC_KYC_HOST", "127.0.0.1"),
+        port=int(os.environ.get("BFC_KYC_PORT", "8102")),
+        close=store.close,
+        lifespan="on",
     )
-    try:
-        server.run()
-    finally:
-        store.close()
-    return 0
 
 
 if __name__ == "__main__":

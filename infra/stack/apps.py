@@ -118,12 +118,16 @@ class SandboxService(AppService):
     label: str  # how ``bfc up`` lists it
 
     @property
+    def host(self) -> str:
+        raise NotImplementedError
+
+    @property
     def port(self) -> int:
         raise NotImplementedError
 
     @property
     def local_url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def ports(self) -> tuple[int, ...]:
         return (self.port,)
@@ -186,8 +190,8 @@ class CardGatewayService(SandboxService):
         return self.settings.gateway_port
 
     @property
-    def local_url(self) -> str:
-        return f"http://{self.settings.gateway_host}:{self.port}"
+    def host(self) -> str:
+        return self.settings.gateway_host
 
     def sandbox_env(self) -> dict[str, str]:
         return {
@@ -212,8 +216,8 @@ class KycProviderService(SandboxService):
         return self.settings.kyc_port
 
     @property
-    def local_url(self) -> str:
-        return f"http://{self.settings.kyc_host}:{self.port}"
+    def host(self) -> str:
+        return self.settings.kyc_host
 
     def sandbox_env(self) -> dict[str, str]:
         secrets = self.read_secret("kyc", ("api_key", "webhook_signing_secret"))

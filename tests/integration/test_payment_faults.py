@@ -106,14 +106,6 @@ async def _gone(stack: Stack, pid: int) -> None:
     raise AssertionError(f"worker {pid} still alive 5 s after SIGKILL")
 
 
-async def _has(ledger: LedgerStore, transfer_id: str) -> bool:
-    try:
-        await ledger.get_transfers([transfer_id])
-    except KeyError:
-        return False
-    return True
-
-
 async def _check_exactly_once(
     payments: list[dict[str, Any]], gateway: GatewayView, ledger: LedgerStore
 ) -> int:
@@ -122,7 +114,11 @@ async def _check_exactly_once(
     change = 0
     for p in payments:
         assert p["status"] in {"succeeded", "declined", "failed", "canceled"}, p
-        legs = {leg for leg in ("hold", "post", "void") if await _has(ledger, f"{p['id']}:{leg}")}
+        legs = {
+            leg
+            for leg in ("hold", "post", "void")
+            if await ledger.find_transfer(f"{p['id']}:{leg}")
+        }
         if p["kind"] == "topup":
             charges = await gateway.charges(p["id"])
             assert len(charges) <= 1, (p["id"], charges)

@@ -14,6 +14,7 @@ Never re-record to make a failing replay test pass: the failure is the point.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -80,6 +81,20 @@ PATHS: dict[str, Callable[[World], Awaitable[Handle]]] = {
 }
 
 
+def without_stack_traces(history: dict[str, Any]) -> str:
+    """The history as JSON without failures' stack traces: they name this machine's paths,
+    and replay does not read them."""
+
+    def scrub(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: scrub(v) for k, v in node.items() if k != "stackTrace"}
+        if isinstance(node, list):
+            return [scrub(v) for v in node]
+        return node
+
+    return json.dumps(scrub(history), indent=2) + "\n"
+
+
 async def record(directory: Path = HISTORIES) -> list[Path]:
     """Run every path and write its history; returns the files written."""
     written = []
@@ -92,7 +107,7 @@ async def record(directory: Path = HISTORIES) -> list[Path]:
                 await handle.result()
                 history = await handle.fetch_history()
         path = directory / f"payment_{name}.json"
-        path.write_text(history.to_json())
+        path.write_text(without_stack_traces(history.to_json_dict()))
         written.append(path)
     return written
 
