@@ -296,6 +296,29 @@ async def test_refunds_never_exceed_the_captured_amount(
     assert (await refund(1)).json()["code"] in {"payment_not_refundable", "refund_exceeds_capture"}
 
 
+async def test_a_refund_of_the_rest_replays_as_the_same_refund(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+) -> None:
+    alice = logins.headers("alice")
+    payment = await top_up(api, logins, wallets["alice"], 3_000)
+    path = f"/v1/payments/{payment['id']}/refunds"
+    part = await api.post(
+        path, json={"amount": 1_000}, headers={**alice, "Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert part.status_code == 202, part.text
+    await _wait_refund(api, alice, payment["id"], part.json()["id"])
+    key = {**alice, "Idempotency-Key": str(uuid.uuid4())}
+    rest = await api.post(path, json={}, headers=key)
+    assert (rest.status_code, rest.json()["amount"]) == (202, 2_000), rest.text
+    await _wait_refund(api, alice, payment["id"], rest.json()["id"])
+    # Fully refunded now, yet the same request under the same key is the same refund.
+    again = await api.post(path, json={}, headers=key)
+    assert (again.status_code, again.json()["id"]) == (202, rest.json()["id"]), again.text
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    more = await api.post(path, json={}, headers={**alice, "Idempotency-Key": str(uuid.uuid4())})
+    assert more.status_code == 409 and more.json()["code"] == "payment_not_refundable"
+
+
 async def _wait_refund(
     api: httpx.AsyncClient, headers: dict[str, str], payment_id: str, refund_id: str
 ) -> dict[str, Any]:
