@@ -79,6 +79,9 @@ class VaultService(Service):
 storage "raft" {{
   path    = "{self.home / "raft"}"
   node_id = "bfc-dev-1"
+  # A single voter still waits one election timeout (5-10 s at the default multiplier
+  # of 5) before it leads; sys/init blocks on that. 1 keeps it at 1-2 s.
+  performance_multiplier = 1
 }}
 listener "tcp" {{
   address     = "{s.host}:{s.vault_port}"
@@ -87,7 +90,6 @@ listener "tcp" {{
 }}
 api_addr      = "http://{s.host}:{s.vault_port}"
 cluster_addr  = "http://{s.host}:{s.vault_port + 1}"
-disable_mlock = true
 ui            = false
 """
         (self.home / "config.hcl").write_text(config)
@@ -155,7 +157,9 @@ ui            = false
                 time.sleep(0.5)
 
     def _initialise_and_unseal(self) -> hvac.Client:
-        client = hvac.Client(url=self.settings.vault_url, timeout=10)
+        # Generous: init waits for raft leadership, and an init whose answer is lost
+        # cannot be repeated (the unseal key would be gone with the answer).
+        client = hvac.Client(url=self.settings.vault_url, timeout=120)
         if not client.sys.is_initialized():
             result = client.sys.initialize(secret_shares=1, secret_threshold=1)
             self.init_file.touch(mode=0o600)
