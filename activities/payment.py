@@ -29,9 +29,11 @@ from infra.gateway import (
 )
 from infra.ledger_store import LedgerStore
 from infra.payment_store import PaymentStore
+from infra.webhook_store import WebhookStore
 from models.errors import LedgerError, PendingTransferAlreadyResolved, PendingTransferExpired
 from models.gateway import GatewayCharge, GatewayPayout
 from models.ledger import AccountKind, NewAccount, TransferKind, TransferRequest
+from models.notifications import RecordedEvent
 from models.payment import (
     CHARGE_CARD,
     FIND_CHARGE,
@@ -78,9 +80,12 @@ class PaymentActivities:
         payments: PaymentStore,
         gateway: CardGateway,
         scorer: FraudScorer,
+        *,
         policy: RiskPolicy,
+        events: WebhookStore,
     ) -> None:
         self._ledger = ledger
+        self._events = events
         self._payments = payments
         self._gateway = gateway
         self._scorer = scorer
@@ -251,8 +256,14 @@ class PaymentActivities:
     # ---- the payments table ----------------------------------------------------------
 
     @activity.defn(name=RECORD_PAYMENT)
-    async def record_payment(self, record: PaymentRecord) -> None:
+    async def record_payment(self, record: PaymentRecord) -> RecordedEvent | None:
+        """The saga's state, then its terminal event when it carries one (``announce`` then
+        skips its own record step). Both writes are idempotent, so a retry repeats both."""
         await self._payments.record(record)
+        if record.event is None:
+            return None
+        endpoint_ids = await asyncio.to_thread(self._events.record_event, record.event)
+        return RecordedEvent(event_id=record.event.id, endpoint_ids=endpoint_ids)
 
     @activity.defn(name=RECORD_REFUND)
     async def record_refund(self, record: RefundRecord) -> str:

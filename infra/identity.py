@@ -7,6 +7,10 @@ a role the user has is a no-op.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
@@ -60,6 +64,18 @@ class IdentityDirectory:
             if exc.response_code == 404:
                 raise UnknownUser(user_id) from exc
             raise
+
+    def mail_address(self, user_id: str) -> str | None:
+        """The user's address, None when there is none; one request, no roles. Raises as
+        ``get`` does."""
+        try:
+            representation = self._admin.get_user(user_id)
+        except KeycloakGetError as exc:
+            if exc.response_code == 404:
+                raise UnknownUser(user_id) from exc
+            raise
+        email = representation.get("email")
+        return str(email) if email else None
 
     def find(self, *, username: str | None = None, email: str | None = None) -> IdentityUser | None:
         query: dict[str, Any] = {"exact": True}
@@ -115,3 +131,47 @@ class IdentityDirectory:
     def delete_user(self, user_id: str) -> None:
         """For tests and data-protection erasure only."""
         self._admin.delete_user(user_id)
+
+
+class MailAddresses:
+    """Customers' mail addresses for notifications, each remembered for ``ttl`` seconds.
+
+    Every payment mails its customer; asking Keycloak for the address each time cost the
+    identity server more CPU than the rest of the payment's steps together. A changed
+    address is used at most ``ttl`` later, an unknown customer (``None``) is remembered as
+    such for as long. Failures other than "no such user" are not remembered: the caller
+    retries them. Kept in this process only; at most ``size`` addresses, the oldest go
+    first. Thread-safe (sync activities run in an executor).
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[str], str | None],
+        *,
+        ttl: float = 300.0,
+        size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._size = size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+
+    def get(self, customer_id: str) -> str | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(customer_id)
+            if entry is not None and now < entry[0]:
+                return entry[1]
+        try:
+            address = self._lookup(customer_id)
+        except UnknownUser:
+            address = None
+        with self._lock:
+            self._entries[customer_id] = (now + self._ttl, address)
+            self._entries.move_to_end(customer_id)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return address

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
+from models.notifications import PlatformEvent
+
 PAYMENT_WORKFLOW = "PaymentWorkflow"
 REFUND_WORKFLOW = "RefundWorkflow"
 
@@ -210,6 +212,9 @@ class PaymentRecord:
     gateway_reference: str | None
     captured_amount: int
     timeline: list[TimelineEntry]
+    # The terminal status's event, recorded by the same step (one step fewer per payment);
+    # None in histories written before it was.
+    event: PlatformEvent | None = None
 
 
 @dataclass(frozen=True)

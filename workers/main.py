@@ -38,7 +38,7 @@ from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
 from infra.fraud_model import ensure_model
 from infra.gateway import CardGateway
-from infra.identity import IdentityDirectory
+from infra.identity import IdentityDirectory, MailAddresses
 from infra.kyc import KycProvider
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.notifier import Notifier
@@ -116,17 +116,23 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     )
     identity = IdentityActivities(directory, engine)
     webhook_http = create_webhook_client(settings)
+    event_store = WebhookStore(engine)
     notify = NotifyActivities(
-        WebhookStore(engine),
+        event_store,
         WebhookSender(webhook_http, secrets["webhooks"]["signing_secret"]),
         Notifier(settings),
-        directory,
+        MailAddresses(directory.mail_address),
     )
     # The fraud model: loaded once per process (trained first on a machine that has none).
     scorer = await asyncio.to_thread(ensure_model, settings.fraud_model_path, settings.fraud_seed)
     gateway = CardGateway.from_settings(settings, secrets["gateway"]["api_key"])
     payments = PaymentActivities(
-        ledger, PaymentStore(ledger_pool), gateway, scorer, settings.risk_policy()
+        ledger,
+        PaymentStore(ledger_pool),
+        gateway,
+        scorer,
+        policy=settings.risk_policy(),
+        events=event_store,
     )
     kyc = KycProvider.from_settings(settings, api_key=secrets["kyc"]["api_key"])
     # A list that does not load stops the start: screening against nothing is no screening.

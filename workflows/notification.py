@@ -144,22 +144,24 @@ class EventDeliveryWorkflow:
         return outcome
 
 
-async def announce(event: PlatformEvent) -> None:
+async def announce(event: PlatformEvent, recorded: RecordedEvent | None = None) -> None:
     """Announce an event from inside another workflow (a payment, a refund).
 
     The event is recorded and the customer mailed right there, as local activities: the
-    common case costs the caller no extra workflow task and no second workflow. Only what
-    may need hours or days of retries gets an ``EventDeliveryWorkflow`` of its own (started
-    abandoned, one per event id): webhooks to the app's endpoints, and a mail that could not
-    be sent within a minute.
+    common case costs the caller no extra workflow task and no second workflow. A caller
+    that recorded the event with its own final write passes what that returned
+    (``recorded``), and the record step is skipped. Only what may need hours or days of
+    retries gets an ``EventDeliveryWorkflow`` of its own (started abandoned, one per event
+    id): webhooks to the app's endpoints, and a mail that could not be sent within a minute.
     """
-    recorded: RecordedEvent = await workflow.execute_local_activity(
-        RECORD_EVENT,
-        event,
-        result_type=RecordedEvent,
-        start_to_close_timeout=timedelta(seconds=10),
-        retry_policy=QUICK_RETRY,
-    )
+    if recorded is None:
+        recorded = await workflow.execute_local_activity(
+            RECORD_EVENT,
+            event,
+            result_type=RecordedEvent,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=QUICK_RETRY,
+        )
     mailed = event.customer_id is None
     if not mailed:
         try:

@@ -27,6 +27,12 @@ class AppService(Service):
         env = dict(os.environ)
         env.update(getattr(self, "extra_env", {}))
         env["BFC_STACK_DIR"] = str(self.settings.stack_path)
+        # Bytecode, kept under the stack directory rather than beside the sources. The
+        # workflow sandbox imports each workflow module afresh for every run; without a
+        # cached .pyc that import compiled the source each time, a sixth of the worker's
+        # CPU under load. Some shells export PYTHONDONTWRITEBYTECODE; it is dropped here.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(self.settings.stack_path / "cache" / "pycache")
         return env
 
 

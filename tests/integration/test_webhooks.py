@@ -25,7 +25,7 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities
-from infra.identity import IdentityDirectory
+from infra.identity import IdentityDirectory, MailAddresses
 from infra.keycloak import client_credentials_login
 from infra.notifier import Notifier
 from infra.settings import Settings
@@ -198,7 +198,10 @@ async def notify_queue(
 ) -> AsyncIterator[tuple[str, NotifyActivities]]:
     http = create_webhook_client(settings)
     activities = NotifyActivities(
-        WebhookStore(engine), WebhookSender(http, signing_secret), Notifier(settings), directory
+        WebhookStore(engine),
+        WebhookSender(http, signing_secret),
+        Notifier(settings),
+        MailAddresses(directory.mail_address),
     )
     queue = f"notify-test-{uuid.uuid4().hex[:8]}"
     with ThreadPoolExecutor(max_workers=4) as pool:

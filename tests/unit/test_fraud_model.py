@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from infra import fraud_model
 from infra.fraud_model import (
@@ -190,3 +191,27 @@ def test_models_live_under_the_stack_unless_configured(monkeypatch, tmp_path) ->
     settings = Settings(stack_dir=tmp_path)
     assert settings.fraud_model_path == tmp_path / "elsewhere"
     assert settings.fraud_seed == 11
+
+
+def openmp_threads() -> list[int]:
+    return [i["num_threads"] for i in ThreadpoolController().select(user_api="openmp").info()]
+
+
+def test_a_score_uses_one_openmp_thread(trained, sample, tmp_path, monkeypatch) -> None:
+    """The trees would spread a single row over every core: double the CPU on two cores."""
+    save(trained, tmp_path)
+    scorer = load_current(tmp_path)
+    estimator = scorer._estimator
+    seen: list[int] = []
+    predict = estimator.predict_proba
+
+    def counting(rows: np.ndarray) -> np.ndarray:
+        seen.extend(openmp_threads())
+        return np.asarray(predict(rows))
+
+    monkeypatch.setattr(estimator, "predict_proba", counting)
+    with threadpool_limits(limits=2, user_api="openmp"):  # what a 2-core worker starts with
+        scorer.score(sample[0])
+        outside = openmp_threads()
+    assert seen and set(seen) == {1}
+    assert set(outside) == {2}  # restored for everything else in the process

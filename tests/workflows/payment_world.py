@@ -385,8 +385,9 @@ class World:
         return self.gateway.refund(request)
 
     @activity.defn(name=RECORD_PAYMENT)
-    async def record_payment(self, record: PaymentRecord) -> None:
+    async def record_payment(self, record: PaymentRecord) -> RecordedEvent | None:
         self.records.append(record)
+        return None if record.event is None else await self.record_event(record.event)
 
     @activity.defn(name=RECORD_REFUND)
     async def record_refund(self, record: RefundRecord) -> str:
