@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +12,7 @@ from fastapi import FastAPI
 
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
+from api.payment_starter import SagaStarter
 from api.routes import (
     accounts,
     codec,
@@ -68,9 +71,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await pool.open(wait=False)
         app.state.ledger = LedgerStore(pool)
         app.state.payments = PaymentStore(pool)
+        starter = SagaStarter(
+            app.state.payments,
+            app.state.temporal.get,
+            task_queue=settings.task_queue,
+            four_eyes_threshold_minor=settings.four_eyes_threshold_minor,
+        )
+        app.state.saga_starter = starter
+        sweep = asyncio.create_task(starter.sweep_forever())
         try:
             yield
         finally:
+            sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweep
+            await starter.drain()
             await app.state.ledger.close()
             await pool.close()
             app.state.engine.dispose()

@@ -81,6 +81,7 @@ class StoredPayment:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    saga_started_at: datetime | None = None  # None: accepted, its workflow not started yet
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,28 @@ class PaymentStore:
         if row.pop("request_hash") != request_hash:
             raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
         return StoredPayment(**row)
+
+    async def mark_saga_started(self, payment_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE payments SET saga_started_at = now() "
+                "WHERE id = %s AND saga_started_at IS NULL",
+                (payment_id,),
+            )
+
+    async def saga_not_started(self, *, older_than: timedelta, limit: int) -> list[StoredPayment]:
+        """Accepted payments whose workflow was not started within ``older_than``, oldest
+        first (the partial index ``payments_saga_not_started`` serves this)."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_PAYMENT_COLUMNS} FROM payments "  # noqa: S608 - constant column lists
+                "WHERE saga_started_at IS NULL AND created_at < now() - %s "
+                "ORDER BY created_at LIMIT %s",
+                (older_than, limit),
+            )
+            rows = await cur.fetchall()
+        return [StoredPayment(**row) for row in rows]
 
     async def get(self, payment_id: str) -> StoredPayment | None:
         async with self._pool.connection() as conn:

@@ -2,9 +2,9 @@
 
 ``POST /v1/payments`` needs an ``Idempotency-Key`` (400 without). The key is scoped to the
 caller: the same key with the same body answers with the same payment (however many arrive
-at once), with another body ``409 idempotency_key_reused``. The payment row is written
-first, then the PaymentWorkflow is started under the payment's id; a retry of a request
-whose start was lost starts it then (Temporal refuses a second workflow with that id).
+at once), with another body ``409 idempotency_key_reused``. The answer comes once the
+payment row is committed; the PaymentWorkflow is started right after under the payment's
+id, and a start that was lost is made by the sweep (``api/payment_starter.py``).
 
 Who may move what: a customer only out of (or, for a top-up, into) their own wallets; an
 ``app`` for any customer's wallet, and it sees the payments it created; operators and admins
@@ -21,9 +21,6 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Query, Request, Response, status
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
@@ -40,16 +37,15 @@ from api.deps import (
     temporal_or_503,
 )
 from api.errors import ProblemError
+from api.payment_starter import SagaStarter, payment_search_attributes
 from infra.ledger_store import LedgerStore
 from infra.payment_store import NewPayment, PaymentStore, StoredPayment, StoredRefund
 from models.ids import new_id
 from models.ledger import Account
 from models.payment import (
     GATEWAY_CLEARING,
-    PAYMENT_WORKFLOW,
     REFUND_WORKFLOW,
     TERMINAL_STATUSES,
-    PaymentInput,
     PaymentKind,
     PaymentState,
     RefundInput,
@@ -76,24 +72,14 @@ Actor = Annotated[Principal, require_role("customer", "app", "operator", "admin"
 WALLET = "customer_wallet"
 
 
-def payment_search_attributes(
-    *, status: str, kind: str, customer_id: str, amount: int, currency: str
-) -> TypedSearchAttributes:
-    """What operators find a payment by in the Web UI: ids, codes and amounts only."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(SearchAttributeKey.for_keyword("PaymentStatus"), status),
-            SearchAttributePair(SearchAttributeKey.for_keyword("PaymentKind"), kind),
-            SearchAttributePair(SearchAttributeKey.for_keyword("CustomerId"), customer_id),
-            SearchAttributePair(SearchAttributeKey.for_int("AmountMinor"), amount),
-            SearchAttributePair(SearchAttributeKey.for_keyword("Currency"), currency),
-        ]
-    )
-
-
 def _payments(request: Request) -> PaymentStore:
     store: PaymentStore = request.app.state.payments
     return store
+
+
+def _starter(request: Request) -> SagaStarter:
+    starter: SagaStarter = request.app.state.saga_starter
+    return starter
 
 
 def _invalid(field: str, code: str, message: str, status_code: int = 422) -> ProblemError:
@@ -185,52 +171,6 @@ def _public(payment: StoredPayment, live: PaymentState | None = None) -> Payment
     )
 
 
-async def _start(
-    client: Client, payment: StoredPayment, settings_threshold: int, task_queue: str
-) -> None:
-    """Start the saga once; a repeat (retry, concurrent duplicate) finds it started."""
-    request = PaymentInput(
-        payment_id=payment.id,
-        kind=cast(PaymentKind, payment.kind),  # the table's CHECK allows only kinds
-        customer_id=payment.customer_id,
-        client_id=payment.client_id,
-        amount=payment.amount,
-        currency=payment.currency,
-        source_account_id=payment.source_account_id,
-        destination_account_id=payment.destination_account_id,
-        payment_method=payment.payment_method,
-        payout_destination=payment.payout_destination,
-        created_at=payment.created_at.isoformat(),
-        four_eyes_threshold_minor=settings_threshold,
-    )
-    try:
-        await client.start_workflow(
-            PAYMENT_WORKFLOW,
-            request,
-            id=payment.id,
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            # A finished payment is never run again under its id.
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=payment_search_attributes(
-                status="processing",
-                kind=payment.kind,
-                customer_id=payment.customer_id,
-                amount=payment.amount,
-                currency=payment.currency,
-            ),
-        )
-    except WorkflowAlreadyStartedError:
-        pass
-    except RPCError as exc:
-        raise ProblemError(
-            503,
-            "unavailable",
-            "The payment could not be started",
-            "retry with the same Idempotency-Key; the payment will start once",
-        ) from exc
-
-
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=PaymentPublic)
 async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     body: PaymentCreate,
@@ -238,8 +178,6 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     response: Response,
     principal: Payer,
     ledger: LedgerDep,
-    settings: SettingsDep,
-    temporal: TemporalClientDep,
     key: IdempotencyHeader = None,
 ) -> PaymentPublic:
     """Move money: top up a wallet by card, transfer between wallets, or pay out to a bank."""
@@ -250,7 +188,6 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
             422, "validation_failed", "The request has invalid fields",
             ", ".join(p["field"] for p in problems), errors=problems,
         )  # fmt: skip
-    client = temporal_or_503(temporal)
     acting_customer = None if "app" in principal.roles else principal.subject
     if body.kind == "topup":
         assert body.destination_account_id is not None  # noqa: S101 - kind_problems checked
@@ -289,7 +226,7 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
         request_hash=_fingerprint(body),
     )
     if payment.status not in TERMINAL_STATUSES:
-        await _start(client, payment, settings.four_eyes_threshold_minor, settings.task_queue)
+        _starter(request).submit(payment)  # committed above: the answer need not wait
     response.headers["Location"] = f"/v1/payments/{payment.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -362,6 +299,8 @@ async def cancel_payment(
     )  # fmt: skip
     if payment.status in TERMINAL_STATUSES:
         raise too_late
+    if payment.saga_started_at is None and not await _starter(request).start(payment):
+        raise ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
     try:
         state: PaymentState = await client.get_workflow_handle(payment_id).execute_update(
             "cancel", result_type=PaymentState

@@ -199,10 +199,16 @@ async def test_payments_survive_a_temporal_restart(
 
     # Its data is on disk: the server comes back with every open workflow.
     await asyncio.to_thread(stack.down, ("temporal",))
-    await asyncio.sleep(1)
+    # Meanwhile the API still accepts payments: the committed row is the promise, and the
+    # sweep starts each saga once Temporal is back.
+    accepted = [
+        await pay(api, alice_h, body)
+        for body in _mix(alice, bob, 4, random.Random(8))  # noqa: S311
+    ]
+    assert {p["status"] for p in accepted} == {"processing"}
     await asyncio.to_thread(stack.up, ("temporal",))
 
-    final = [await wait_for(api, alice_h, p["id"], timeout=120) for p in started]
+    final = [await wait_for(api, alice_h, p["id"], timeout=120) for p in started + accepted]
     change = await _check_exactly_once(final, gateway, ledger)
     assert await available(api, alice_h, alice) == before + change
     # And the platform takes new payments after the restart.

@@ -14,8 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client
 
+from infra.ledger_store import LedgerStore, create_ledger_pool
+from infra.payment_store import NewPayment, PaymentStore
 from infra.settings import Settings
+from models.ids import new_id
 from tests.helpers.logins import Logins
 from tests.helpers.payments import GatewayView, available, open_wallet, pay, pay_and_wait, wait_for
 
@@ -456,3 +460,52 @@ async def test_gateway_faults_end_succeeded_with_one_charge(
     timed_out = await wait_for(api, alice, payments[0]["id"])
     assert "gateway_outcome_unknown" in [e["event"] for e in timed_out["timeline"]]
     assert await available(api, alice, wallets["alice"]) == before + 2_000
+
+
+async def test_a_payment_whose_start_was_lost_is_started_by_the_sweep(
+    api: httpx.AsyncClient,
+    logins: Logins,
+    wallets: dict[str, str],
+    ledger: LedgerStore,
+    temporal: Client,
+    settings: Settings,
+) -> None:
+    """The API committed a payment and stopped before starting its saga: the row alone is
+    the promise. The sweep starts the saga (once) and the money moves."""
+    alice_h = logins.headers("alice")
+    await top_up(api, logins, wallets["alice"], 2_000)
+    before = await available(api, alice_h, wallets["alice"])
+    account = await ledger.get_account(wallets["alice"])
+    assert account is not None and account.owner is not None
+    pool = create_ledger_pool(settings, min_size=1, max_size=2)
+    await pool.open()
+    store = PaymentStore(pool)
+    # What POST /v1/payments commits, with no start after it.
+    stranded, created = await store.create(
+        NewPayment(
+            id=new_id("pay"),
+            kind="transfer",
+            customer_id=account.owner,
+            client_id=None,
+            created_by=account.owner,
+            amount=700,
+            currency=CURRENCY,
+            source_account_id=wallets["alice"],
+            destination_account_id=wallets["bob"],
+            payment_method=None,
+            payout_destination=None,
+        ),
+        scope=account.owner,
+        key=f"lost-start-{uuid.uuid4()}",
+        request_hash="lost-start",
+    )
+    assert created and stranded.saga_started_at is None
+
+    final = await wait_for(api, alice_h, stranded.id, timeout=60)
+    assert final["status"] == "succeeded", final
+    assert await available(api, alice_h, wallets["alice"]) == before - 700
+    row = await store.get(stranded.id)
+    assert row is not None and row.saga_started_at is not None
+    await pool.close()
+    runs = [w async for w in temporal.list_workflows(f'WorkflowId = "{stranded.id}"')]
+    assert len(runs) == 1
