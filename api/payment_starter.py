@@ -26,7 +26,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 from temporalio.client import Client
 from temporalio.common import (
@@ -82,6 +82,7 @@ class SagaStarter:
         self._sweep_every = sweep_every
         self._max_in_flight = max_in_flight
         self._in_flight: set[asyncio.Task[bool]] = set()
+        self._stopping = asyncio.Event()
 
     def submit(self, payment: StoredPayment) -> None:
         """Start the saga soon, without waiting; with too many starts under way, the sweep
@@ -152,18 +153,32 @@ class SagaStarter:
         return started
 
     async def sweep_forever(self) -> None:
-        while True:
+        """Sweep every ``sweep_every`` seconds until ``stop``. Stopping is an event, not a
+        task cancellation: a cancellation that lands inside the connection pool's wait can
+        come out as an ordinary error, which this loop would log and carry on from."""
+        while not self._stopping.is_set():
             try:
                 await self.sweep()
             except Exception:  # a database hiccup must not end the sweep for good
+                if self._stopping.is_set():
+                    break
                 log.exception("payment start sweep failed; trying again")
-            await asyncio.sleep(self._sweep_every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._sweep_every)
 
-    async def drain(self, timeout: float = 5.0) -> None:
-        """On shutdown: let the starts under way finish; the rest is the next sweep's."""
-        if not self._in_flight:
-            return
-        _, pending = await asyncio.wait(set(self._in_flight), timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+    async def stop(self, sweeper: asyncio.Task[None], timeout: float = 5.0) -> None:
+        """On shutdown: end the sweep and let the starts under way finish, for up to
+        ``timeout`` seconds each; whatever is left is the next sweep's, in any process."""
+        self._stopping.set()
+        await _settle({sweeper}, timeout)
+        await _settle(set(self._in_flight), timeout)
+
+
+async def _settle(tasks: set[asyncio.Task[Any]], timeout: float) -> None:
+    """Wait up to ``timeout`` for the tasks, then cancel what is still running."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

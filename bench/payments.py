@@ -31,14 +31,16 @@ What one run does, against the running stack (``bfc up``):
    at 95 % of the arrival rate (ended / (last end - first arrival)). The *sustained* rate is
    the highest step that kept up; a side stops ramping after ``--stop-after`` steps in a row
    that did not. Targets from the issue are printed as met / not met, never asserted.
-6. Clean-up: each payment's notification child (EventDeliveryWorkflow) is terminated once
-   its step is measured. The payers exist only in the ledger, so the child's email step
-   gets a 404 from Keycloak and retries for days; left alone, that load would spill into
-   the next steps and stay after the run. Bare workflows still open at the end are
-   terminated too. Only ids derived from this run's own ids are touched
-   (``--keep-notifications`` leaves the children alone). Then the trial balance, the
-   conservation check and this run's wallets are checked; the exit status is 1 if an
-   invariant is broken, 0 otherwise. Timings never decide it.
+6. Clean-up: a payment's notification child (EventDeliveryWorkflow), where one was started
+   (webhook endpoints of the app, or a mail the inline step could not send), is terminated
+   once its step is measured: left alone, its retries would spill into the next steps and
+   stay after the run. The payers exist only in the ledger, so Keycloak knows no address
+   for them and the inline mail step sends nothing: a real customer's mail (SMTP) is not
+   in these figures. Bare workflows still open at the end are terminated too. Only ids
+   derived from this run's own ids are touched (``--keep-notifications`` leaves the
+   children alone). Then the trial balance, the conservation check and this run's wallets
+   are checked; the exit status is 1 if an invariant is broken, 0 otherwise. Timings never
+   decide it.
 
 Why wallets of this run rather than alice's: the risk policy sends a customer's 11th to
 30th payment within an hour to compliance review and declines the rest (``velocity``), so

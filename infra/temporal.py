@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import temporalio.converter
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, PayloadCodec
 
 from infra.envelope import EnvelopeCipher
@@ -53,9 +54,20 @@ class EnvelopePayloadCodec(PayloadCodec):
         return decoded
 
 
-def encrypted_data_converter(cipher: EnvelopeCipher) -> DataConverter:
+def platform_data_converter(cipher: EnvelopeCipher | None = None) -> DataConverter:
+    """How every process of ours (and every workflow test) turns values into payloads.
+
+    JSON through pydantic: the SDK's default JSON converter rebuilds a dataclass by asking
+    ``typing`` for its type hints on every decode, which took 1 ms for a payment's final
+    record and 0.25 ms for its input (3-4 ms of worker CPU per payment); pydantic's
+    cached validators take 0.01-0.03 ms for the same JSON. The JSON itself is the same but
+    for key order, so histories written before read back unchanged. With a ``cipher``,
+    every payload and failure is encrypted (``EnvelopePayloadCodec``).
+    """
+    if cipher is None:
+        return pydantic_data_converter
     return dataclasses.replace(
-        temporalio.converter.default(),
+        pydantic_data_converter,
         payload_codec=EnvelopePayloadCodec(cipher),
         # Failure messages and stack traces can carry business data: encrypt them too.
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
@@ -63,7 +75,7 @@ def encrypted_data_converter(cipher: EnvelopeCipher) -> DataConverter:
 
 
 async def connect_temporal(settings: Settings, cipher: EnvelopeCipher | None = None) -> Client:
-    converter = encrypted_data_converter(cipher) if cipher else temporalio.converter.default()
+    converter = platform_data_converter(cipher)
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,

@@ -18,6 +18,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from infra.settings import SEARCH_ATTRIBUTES
+from infra.temporal import platform_data_converter
 
 
 @asynccontextmanager
@@ -25,7 +26,9 @@ async def fresh_environment() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server with the platform's search attributes registered, as the dev
     server registers them at start."""
     server = Path(sys.executable).parent / "temporal-test-server"
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(server))
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(server), data_converter=platform_data_converter()
+    )
     try:
         await env.client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(

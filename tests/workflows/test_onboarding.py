@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+from infra.temporal import platform_data_converter
 from models.onboarding import (
     ACTIVATE_CUSTOMER,
     CREATE_APPLICANT_USER,
@@ -671,7 +672,7 @@ async def test_a_review_history_replays_and_the_recorded_one_too(world: Applican
     fresh = await handle.fetch_history()
     if os.environ.get("BFC_RECORD_HISTORIES") == "1":
         HISTORY.write_text(fresh.to_json())
-    replayer = Replayer(workflows=[OnboardingWorkflow])
+    replayer = Replayer(workflows=[OnboardingWorkflow], data_converter=platform_data_converter())
     await replayer.replay_workflow(fresh)
     recorded = WorkflowHistory.from_json(HISTORY.stem, HISTORY.read_text())
     assert children_started(recorded) == ["ComplianceReviewWorkflow"]

@@ -25,6 +25,7 @@ from temporalio.client import (
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Replayer
 
+from infra.temporal import platform_data_converter
 from models.payment import PaymentInput, PaymentState, review_id_for
 from models.review import DecideInput
 from tests.helpers.time_skipping import fresh_environment
@@ -636,7 +637,7 @@ async def test_the_history_recorder_still_records_replayable_paths(tmp_path: Pat
     assert [p.name for p in written] == [
         f"payment_{name}.json" for name in record_payment_histories.PATHS
     ]
-    replayer = Replayer(workflows=[PaymentWorkflow])
+    replayer = Replayer(workflows=[PaymentWorkflow], data_converter=platform_data_converter())
     for path in written:
         result = await replayer.replay_workflow(
             WorkflowHistory.from_json(path.stem, path.read_text())

@@ -14,6 +14,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from infra.temporal import platform_data_converter
 from workflows.notification import EventDeliveryWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.payment import PaymentWorkflow
@@ -34,7 +35,7 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 @pytest.mark.parametrize("history", HISTORIES, ids=[h.stem for h in HISTORIES])
 async def test_recorded_history_replays(history: Path) -> None:
-    replayer = Replayer(workflows=WORKFLOWS)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=platform_data_converter())
     await replayer.replay_workflow(WorkflowHistory.from_json(history.stem, history.read_text()))
 
 
