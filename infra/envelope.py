@@ -34,6 +34,10 @@ from infra.settings import Settings
 ALGORITHM = "A256GCM"
 
 
+class KeyNotAtHand(LookupError):
+    """A ``local_only`` call would have needed Vault (a new or an uncached data key)."""
+
+
 class EnvelopeError(ValueError):
     """Not an envelope of ours, tampered with, or its key cannot be unwrapped."""
 
@@ -87,7 +91,7 @@ class EnvelopeCipher:
     def key_name(self) -> str:
         return self._key_name
 
-    def _data_key(self) -> _DataKey:
+    def _data_key(self, *, local_only: bool = False) -> _DataKey:
         with self._lock:
             key = self._current
             if (
@@ -95,6 +99,8 @@ class EnvelopeCipher:
                 or key.uses >= self._max_uses
                 or time.monotonic() - key.created >= self._max_age
             ):
+                if local_only:
+                    raise KeyNotAtHand("a new data key is due")
                 response = self._client.secrets.transit.generate_data_key(
                     name=self._key_name, key_type="plaintext", bits=256, mount_point=self._mount
                 )
@@ -116,12 +122,14 @@ class EnvelopeCipher:
         while len(self._unwrapped) > self._cache_size:
             self._unwrapped.popitem(last=False)
 
-    def _unwrap(self, wrapped: str) -> bytes:
+    def _unwrap(self, wrapped: str, *, local_only: bool = False) -> bytes:
         with self._lock:
             cached = self._unwrapped.get(wrapped)
             if cached is not None:
                 self._unwrapped.move_to_end(wrapped)
                 return cached
+        if local_only:
+            raise KeyNotAtHand("the data key is not unwrapped yet")
         try:
             response = self._client.secrets.transit.decrypt_data(
                 name=self._key_name, ciphertext=wrapped, mount_point=self._mount
@@ -133,8 +141,10 @@ class EnvelopeCipher:
             self._remember(wrapped, plaintext)
         return plaintext
 
-    def encrypt(self, plaintext: bytes) -> bytes:
-        key = self._data_key()
+    def encrypt(self, plaintext: bytes, *, local_only: bool = False) -> bytes:
+        """The envelope of ``plaintext``. ``local_only``: raise ``KeyNotAtHand`` rather
+        than call Vault, so a caller on an event loop can do the common case in place."""
+        key = self._data_key(local_only=local_only)
         header = {"v": 1, "alg": ALGORITHM, "kid": self._key_name, "kv": key.version,
                   "dk": key.wrapped}  # fmt: skip
         nonce = os.urandom(12)
@@ -143,7 +153,7 @@ class EnvelopeCipher:
         envelope = {**header, "iv": _b64(nonce), "ct": _b64(ciphertext)}
         return json.dumps(envelope, separators=(",", ":")).encode()
 
-    def decrypt(self, envelope: bytes) -> bytes:
+    def decrypt(self, envelope: bytes, *, local_only: bool = False) -> bytes:
         try:
             document = json.loads(envelope)
             header = {name: document[name] for name in ("v", "alg", "kid", "kv", "dk")}
@@ -152,7 +162,7 @@ class EnvelopeCipher:
             raise EnvelopeError("not an envelope") from exc
         if header["v"] != 1 or header["alg"] != ALGORITHM or header["kid"] != self._key_name:
             raise EnvelopeError(f"unsupported envelope {header['alg']}/{header['kid']}")
-        key = self._unwrap(header["dk"])
+        key = self._unwrap(header["dk"], local_only=local_only)
         aad = json.dumps(header, sort_keys=True).encode()
         try:
             return AESGCM(key).decrypt(nonce, ciphertext, aad)

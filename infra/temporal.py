@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, PayloadCodec
 
-from infra.envelope import EnvelopeCipher
+from infra.envelope import EnvelopeCipher, KeyNotAtHand
 from infra.settings import Settings
 
 ENCODING = b"binary/bfc-envelope"
@@ -28,29 +28,38 @@ class EnvelopePayloadCodec(PayloadCodec):
     def __init__(self, cipher: EnvelopeCipher) -> None:
         self._cipher = cipher
 
+    # In place when the data key is at hand (AES-GCM on a payload takes microseconds);
+    # in a thread only when Vault must be asked (a new data key, an uncached one). Every
+    # payload going through a thread cost the worker a tenth of its CPU in hand-offs.
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        # Off the event loop: a fresh data key is a call to Vault.
-        return await asyncio.to_thread(self._encode_all, payloads)
+        try:
+            return self._encode_all(payloads, local_only=True)
+        except KeyNotAtHand:
+            return await asyncio.to_thread(self._encode_all, payloads)
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return await asyncio.to_thread(self._decode_all, payloads)
+        try:
+            return self._decode_all(payloads, local_only=True)
+        except KeyNotAtHand:
+            return await asyncio.to_thread(self._decode_all, payloads)
 
-    def _encode_all(self, payloads: Sequence[Payload]) -> list[Payload]:
+    def _encode_all(self, payloads: Sequence[Payload], local_only: bool = False) -> list[Payload]:
         return [
             Payload(
                 metadata={"encoding": ENCODING, "bfc-key": self._cipher.key_name.encode()},
-                data=self._cipher.encrypt(payload.SerializeToString()),
+                data=self._cipher.encrypt(payload.SerializeToString(), local_only=local_only),
             )
             for payload in payloads
         ]
 
-    def _decode_all(self, payloads: Sequence[Payload]) -> list[Payload]:
+    def _decode_all(self, payloads: Sequence[Payload], local_only: bool = False) -> list[Payload]:
         decoded = []
         for payload in payloads:
             if payload.metadata.get("encoding") != ENCODING:
                 decoded.append(payload)  # written before encryption, or not ours
                 continue
-            decoded.append(Payload.FromString(self._cipher.decrypt(payload.data)))
+            plaintext = self._cipher.decrypt(payload.data, local_only=local_only)
+            decoded.append(Payload.FromString(plaintext))
         return decoded
 
 

@@ -15,15 +15,15 @@ import pytest
 from google.protobuf import json_format
 from sqlalchemy import Engine
 from sqlmodel import Session
-from temporalio.api.common.v1 import Payloads
+from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from infra.audit import list_audit_events
-from infra.envelope import EnvelopeCipher, EnvelopeError
+from infra.envelope import EnvelopeCipher, EnvelopeError, KeyNotAtHand
 from infra.settings import Settings
 from infra.stack.launcher import Stack
-from infra.temporal import connect_temporal
+from infra.temporal import EnvelopePayloadCodec, connect_temporal
 from infra.vault import connect_vault
 from tests.helpers.logins import Logins
 from tests.helpers.workflows import EchoAfterSignalWorkflow, FailWithMessageWorkflow
@@ -60,6 +60,34 @@ def test_envelopes_round_trip_and_refuse_tampering(settings: Settings) -> None:
     tampered = json.dumps({**document, "kv": document["kv"] + 1}).encode()
     with pytest.raises(EnvelopeError):
         cipher.decrypt(tampered)
+
+
+def test_local_only_never_asks_vault_and_says_when_it_would_have_to(settings: Settings) -> None:
+    """The payload codec encrypts in place with a key at hand and goes to a thread (and
+    Vault) only on ``KeyNotAtHand``."""
+    cipher = fresh_cipher(settings)
+    with pytest.raises(KeyNotAtHand):
+        cipher.encrypt(b"first", local_only=True)  # no data key yet
+    envelope = cipher.encrypt(b"first")
+    assert cipher.decrypt(cipher.encrypt(b"again", local_only=True), local_only=True) == b"again"
+
+    cold = fresh_cipher(settings)
+    with pytest.raises(KeyNotAtHand):
+        cold.decrypt(envelope, local_only=True)  # its data key was never unwrapped here
+    assert cold.decrypt(envelope) == b"first"
+    assert cold.decrypt(envelope, local_only=True) == b"first"
+
+
+async def test_the_codec_round_trips_whether_or_not_the_key_is_at_hand(
+    settings: Settings,
+) -> None:
+    codec = EnvelopePayloadCodec(fresh_cipher(settings))
+    payloads = [Payload(metadata={"encoding": b"json/plain"}, data=b'{"amount": 100}')]
+    first = await codec.encode(payloads)  # a new data key: through a thread, from Vault
+    second = await codec.encode(payloads)  # the same key, in place
+    assert first[0].data != second[0].data and b"amount" not in second[0].data
+    other = EnvelopePayloadCodec(fresh_cipher(settings))  # cold: unwraps through Vault
+    assert await other.decode(first + second) == payloads + payloads
 
 
 def test_a_rotated_key_still_decrypts_old_data_and_wraps_new_data(
