@@ -55,26 +55,25 @@ class IdentityDirectory:
             realm_roles=roles,
         )
 
-    def get(self, user_id: str) -> IdentityUser:
-        """The user; ``UnknownUser`` only when Keycloak says there is none (404). Any other
-        failure (Keycloak unreachable, a 5xx) propagates, so callers retry it."""
+    def _representation(self, user_id: str) -> dict[str, Any]:
+        """Keycloak's record of the user; ``UnknownUser`` only when Keycloak says there is
+        none (404). Any other failure (Keycloak unreachable, a 5xx) propagates, so callers
+        retry it."""
         try:
-            return self._user(self._admin.get_user(user_id))
+            representation: dict[str, Any] = self._admin.get_user(user_id)
         except KeycloakGetError as exc:
             if exc.response_code == 404:
                 raise UnknownUser(user_id) from exc
             raise
+        return representation
+
+    def get(self, user_id: str) -> IdentityUser:
+        """The user with their realm roles (a second request)."""
+        return self._user(self._representation(user_id))
 
     def mail_address(self, user_id: str) -> str | None:
-        """The user's address, None when there is none; one request, no roles. Raises as
-        ``get`` does."""
-        try:
-            representation = self._admin.get_user(user_id)
-        except KeycloakGetError as exc:
-            if exc.response_code == 404:
-                raise UnknownUser(user_id) from exc
-            raise
-        email = representation.get("email")
+        """The user's address, None when there is none; one request, no roles."""
+        email = self._representation(user_id).get("email")
         return str(email) if email else None
 
     def find(self, *, username: str | None = None, email: str | None = None) -> IdentityUser | None:

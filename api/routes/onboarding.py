@@ -269,14 +269,7 @@ async def add_document(
     """The identity document an application is missing; stored encrypted, then the
     application continues."""
     store = _store(request)
-    application = _visible(
-        principal, await asyncio.to_thread(store.get, onboarding_id), onboarding_id
-    )
-    if application.status in TERMINAL_ONBOARDING:
-        raise ProblemError(
-            409, "onboarding_closed", "The application is closed",
-            f"application {onboarding_id} is {application.status}",
-        )  # fmt: skip
+    application = await _open_application(request, principal, onboarding_id)
     client = temporal_or_503(temporal)
     await asyncio.to_thread(store.add_document, onboarding_id, body.type, body.number)
     await client.get_workflow_handle(onboarding_id).signal(
@@ -294,6 +287,16 @@ async def _signal(
     name: str,
     arg: object,
 ) -> ApplicationPublic | ApplicationForStaff:
+    application = await _open_application(request, principal, onboarding_id)
+    client = temporal_or_503(temporal)
+    await client.get_workflow_handle(onboarding_id).signal(name, arg)
+    return _view(principal, application, await _live(client, application))
+
+
+async def _open_application(
+    request: Request, principal: Principal, onboarding_id: str
+) -> StoredApplication:
+    """The caller's application, still open: 404 if it is not theirs, 409 once decided."""
     application = _visible(
         principal, await asyncio.to_thread(_store(request).get, onboarding_id), onboarding_id
     )
@@ -302,9 +305,7 @@ async def _signal(
             409, "onboarding_closed", "The application is closed",
             f"application {onboarding_id} is {application.status}",
         )  # fmt: skip
-    client = temporal_or_503(temporal)
-    await client.get_workflow_handle(onboarding_id).signal(name, arg)
-    return _view(principal, application, await _live(client, application))
+    return application
 
 
 @router.post(
