@@ -16,7 +16,7 @@ from fastapi import Cookie, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ProblemError
-from infra.keycloak import InvalidToken, TokenVerifier
+from infra.keycloak import InvalidToken, KeyNotAtHand, TokenVerifier
 
 SESSION_COOKIE = "bfc_session"
 
@@ -65,8 +65,11 @@ async def current_principal(
         raise _unauthenticated("a bearer token from the bfc realm is required")
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        # Off the event loop: a first use or an unknown key id fetches the realm's JWKS.
-        token = await asyncio.to_thread(verifier.verify, raw)
+        try:
+            token = verifier.verify(raw, local_only=True)
+        except KeyNotAtHand:
+            # Off the event loop: a first use or an unknown key id fetches the realm's JWKS.
+            token = await asyncio.to_thread(verifier.verify, raw)
     except InvalidToken as exc:
         raise _unauthenticated(f"invalid token: {exc}") from exc
     return Principal(

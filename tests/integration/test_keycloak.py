@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import jwt
 import pytest
 
 from infra.keycloak import (
+    JWKS_LIFESPAN_SECONDS,
     InvalidToken,
+    KeyNotAtHand,
     TokenVerifier,
     client_credentials_login,
     password_login,
@@ -68,6 +72,31 @@ def test_a_tampered_token_does_not_verify(settings: Settings, verifier: TokenVer
     forged = ".".join([header, jwt.utils.base64url_encode(forged_claims).decode(), signature])
     with pytest.raises(InvalidToken):
         verifier.verify(forged)
+
+
+def test_a_cached_key_verifies_without_keycloak_until_its_lifespan_ends(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = TokenVerifier(settings)
+    token = password_login(settings, "alice", "dev-alice")
+    with pytest.raises(KeyNotAtHand):  # nothing fetched yet: the caller must go to a thread
+        fresh.verify(token, local_only=True)
+
+    assert fresh.verify(token).username == "alice"  # fetches the realm's keys
+    assert fresh.verify(token, local_only=True).username == "alice"
+
+    # A token signed by another key (or forged) is not let through by the cache.
+    header, payload, signature = token.split(".")
+    forged_claims = jwt.utils.base64url_decode(payload).replace(b'"alice"', b'"eve"')
+    forged = ".".join([header, jwt.utils.base64url_encode(forged_claims).decode(), signature])
+    with pytest.raises(InvalidToken):
+        fresh.verify(forged, local_only=True)
+
+    # Past the lifespan the key must be fetched again: a withdrawn key stops verifying.
+    later = time.monotonic() + JWKS_LIFESPAN_SECONDS + 1
+    monkeypatch.setattr("infra.keycloak.time.monotonic", lambda: later)
+    with pytest.raises(KeyNotAtHand):
+        fresh.verify(token, local_only=True)
 
 
 def test_a_token_for_another_audience_does_not_verify(settings: Settings) -> None:
