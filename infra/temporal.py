@@ -15,8 +15,14 @@ from collections.abc import Sequence
 import temporalio.converter
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, PayloadCodec
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+    PayloadCodec,
+)
 
 from infra.envelope import EnvelopeCipher, KeyNotAtHand
 from infra.settings import Settings
@@ -63,6 +69,31 @@ class EnvelopePayloadCodec(PayloadCodec):
         return decoded
 
 
+# One per process: it keeps a pydantic validator per type, and building one costs about as
+# much as the rest of a payment's decoding (schema generation, forward references).
+_JSON = PydanticJSONPlainPayloadConverter()
+
+
+class PlatformPayloadConverter(CompositePayloadConverter):
+    """The SDK's default converters with JSON through pydantic, sharing ``_JSON``.
+
+    The worker builds a payload converter for every workflow run; pydantic's stock one
+    brings its own empty validator cache each time, so every run paid for building the
+    validators of its input and of each activity's result again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                _JSON if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+_PLATFORM_CONVERTER = DataConverter(payload_converter_class=PlatformPayloadConverter)
+
+
 def platform_data_converter(cipher: EnvelopeCipher | None = None) -> DataConverter:
     """How every process of ours (and every workflow test) turns values into payloads.
 
@@ -74,9 +105,9 @@ def platform_data_converter(cipher: EnvelopeCipher | None = None) -> DataConvert
     every payload and failure is encrypted (``EnvelopePayloadCodec``).
     """
     if cipher is None:
-        return pydantic_data_converter
+        return _PLATFORM_CONVERTER
     return dataclasses.replace(
-        pydantic_data_converter,
+        _PLATFORM_CONVERTER,
         payload_codec=EnvelopePayloadCodec(cipher),
         # Failure messages and stack traces can carry business data: encrypt them too.
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
