@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 from psycopg_pool import AsyncConnectionPool
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
@@ -1156,7 +1157,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    sys.exit(asyncio.run(main_async(parse_args())))
+    # The worker's event loop (workers/main.py), so the bare worker runs like the real one.
+    sys.exit(uvloop.run(main_async(parse_args())))
 
 
 if __name__ == "__main__":

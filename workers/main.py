@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+import uvloop
 from temporalio.client import (
     Client,
     Schedule,
@@ -221,7 +222,8 @@ def main() -> int:
         await run_worker(settings, stop)
 
     try:
-        asyncio.run(_main())
+        # libuv's loop: the activities' sockets (PostgreSQL, SMTP, HTTP) cost less CPU on it.
+        uvloop.run(_main())
     except SecretsUnavailable as exc:
         print(f"worker: {exc}", file=sys.stderr)  # noqa: T201 - the one line a person reads
         return 1

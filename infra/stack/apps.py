@@ -56,6 +56,11 @@ class ApiService(AppService):
             "--port",
             str(s.api_port),
             "--no-access-log",
+            # Named, not "auto": a missing package fails the start instead of slowing it.
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
         ]
         return self.table.start(self.name, argv, env=self.env())
 
