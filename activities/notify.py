@@ -13,6 +13,7 @@ import asyncio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from infra.event_log import EventLog
 from infra.identity import MailAddresses
 from infra.notifier import Notifier
 from infra.webhook_store import WebhookStore
@@ -62,18 +63,20 @@ class NotifyActivities:
     def __init__(
         self,
         store: WebhookStore,
+        events: EventLog,
         sender: WebhookSender,
         notifier: Notifier,
         addresses: MailAddresses,
     ) -> None:
         self._store = store
+        self._events = events
         self._sender = sender
         self._notifier = notifier
         self._addresses = addresses
 
     @activity.defn(name=RECORD_EVENT)
-    def record_event(self, event: PlatformEvent) -> RecordedEvent:
-        return RecordedEvent(event_id=event.id, endpoint_ids=self._store.record_event(event))
+    async def record_event(self, event: PlatformEvent) -> RecordedEvent:
+        return RecordedEvent(event_id=event.id, endpoint_ids=await self._events.record(event))
 
     @activity.defn(name=DELIVER_WEBHOOK)
     async def deliver_webhook(self, delivery: WebhookDelivery) -> DeliveryResult:

@@ -29,7 +29,6 @@ from infra.gateway import (
 )
 from infra.ledger_store import LedgerStore
 from infra.payment_store import PaymentStore
-from infra.webhook_store import WebhookStore
 from models.errors import LedgerError, PendingTransferAlreadyResolved, PendingTransferExpired
 from models.gateway import GatewayCharge, GatewayPayout
 from models.ledger import AccountKind, NewAccount, TransferKind, TransferRequest
@@ -82,10 +81,8 @@ class PaymentActivities:
         scorer: FraudScorer,
         *,
         policy: RiskPolicy,
-        events: WebhookStore,
     ) -> None:
         self._ledger = ledger
-        self._events = events
         self._payments = payments
         self._gateway = gateway
         self._scorer = scorer
@@ -257,12 +254,12 @@ class PaymentActivities:
 
     @activity.defn(name=RECORD_PAYMENT)
     async def record_payment(self, record: PaymentRecord) -> RecordedEvent | None:
-        """The saga's state, then its terminal event when it carries one (``announce`` then
-        skips its own record step). Both writes are idempotent, so a retry repeats both."""
-        await self._payments.record(record)
-        if record.event is None:
+        """The saga's state, with its terminal event in the same transaction when it
+        carries one (``announce`` then skips its own record step). Idempotent: a retry
+        writes the same row and finds the event stored."""
+        endpoint_ids = await self._payments.record(record)
+        if record.event is None or endpoint_ids is None:
             return None
-        endpoint_ids = await asyncio.to_thread(self._events.record_event, record.event)
         return RecordedEvent(event_id=record.event.id, endpoint_ids=endpoint_ids)
 
     @activity.defn(name=RECORD_REFUND)

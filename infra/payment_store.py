@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from infra.event_log import record_event
 from models.errors import BusinessRuleError
 from models.payment import PaymentRecord, RefundRecord
 
@@ -236,11 +237,13 @@ class PaymentStore:
             )
             return [StoredPayment(**row) for row in await cur.fetchall()]
 
-    async def record(self, record: PaymentRecord) -> None:
-        """The saga's state. A terminal row is never moved by a late or repeated write:
-        only refunds (``record_refund``) change a finished payment."""
+    async def record(self, record: PaymentRecord) -> list[str] | None:
+        """The saga's state, and its terminal event in the same transaction when the record
+        carries one (then the ids of the endpoints that want it; otherwise None). A
+        terminal row is never moved by a late or repeated write: only refunds
+        (``record_refund``) change a finished payment."""
         risk = record.risk
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE payments SET status = %(status)s, decline_code = %(decline_code)s, "
                 "risk_band = %(band)s, risk_score = %(score)s, risk_reasons = %(reasons)s, "
@@ -264,6 +267,9 @@ class PaymentStore:
                     "timeline": Jsonb([asdict(entry) for entry in record.timeline]),
                 },
             )
+            if record.event is None:
+                return None
+            return await record_event(conn, record.event)
 
     async def risk_history(
         self, *, customer_id: str, currency: str, beneficiary: str | None, payment_id: str,

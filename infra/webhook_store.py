@@ -4,12 +4,13 @@ The schema is owned by the migration ``0005_webhooks``; the tables below describ
 SQLAlchemy Core. Endpoints are never removed: a deleted endpoint keeps its row (with
 ``deleted_at``) so every delivery attempt in the trail still names its URL.
 Registering, deleting and disabling an endpoint is written to the audit log in the same
-transaction.
+transaction. Events are written by ``infra.event_log`` (on the async pool, in the payment's
+own transaction where there is one) and read back here for delivery.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 
 from sqlalchemy import (
     BigInteger,
@@ -212,36 +213,6 @@ class WebhookStore:
             session.commit()
 
     # -- events and deliveries (the activities) ---------------------------------------------
-    def record_event(self, event: PlatformEvent) -> list[str]:
-        """Store the event once (a retry inserts nothing) and return the ids of its app's
-        enabled endpoints subscribed to its type."""
-        with self._engine.begin() as conn:
-            conn.execute(
-                insert(events)
-                .values(
-                    id=event.id,
-                    type=event.type,
-                    client_id=event.client_id,
-                    customer_id=event.customer_id,
-                    data=event.data,
-                    created_at=datetime.fromisoformat(event.created_at),
-                )
-                .on_conflict_do_nothing(index_elements=[events.c.id])
-            )
-            if event.client_id is None:
-                return []
-            statement = (
-                select(webhook_endpoints.c.id)
-                .where(
-                    webhook_endpoints.c.client_id == event.client_id,
-                    webhook_endpoints.c.enabled,
-                    webhook_endpoints.c.deleted_at.is_(None),
-                    webhook_endpoints.c.event_types.contains([event.type]),
-                )
-                .order_by(webhook_endpoints.c.id)
-            )
-            return list(conn.execute(statement).scalars())
-
     def get_event(self, event_id: str) -> PlatformEvent | None:
         with self._engine.connect() as conn:
             row = conn.execute(select(events).where(events.c.id == event_id)).mappings()

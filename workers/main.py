@@ -37,6 +37,7 @@ from activities.platform_check import PlatformCheckActivities
 from activities.review import ReviewActivities
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
+from infra.event_log import EventLog
 from infra.fraud_model import ensure_model
 from infra.gateway import CardGateway
 from infra.identity import IdentityDirectory, MailAddresses
@@ -117,9 +118,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     )
     identity = IdentityActivities(directory, engine)
     webhook_http = create_webhook_client(settings)
-    event_store = WebhookStore(engine)
     notify = NotifyActivities(
-        event_store,
+        WebhookStore(engine),
+        EventLog(ledger_pool),
         WebhookSender(webhook_http, secrets["webhooks"]["signing_secret"]),
         Notifier(settings),
         MailAddresses(directory.mail_address),
@@ -133,7 +134,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         gateway,
         scorer,
         policy=settings.risk_policy(),
-        events=event_store,
     )
     kyc = KycProvider.from_settings(settings, api_key=secrets["kyc"]["api_key"])
     # A list that does not load stops the start: screening against nothing is no screening.

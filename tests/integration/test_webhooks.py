@@ -25,8 +25,10 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities
+from infra.event_log import EventLog
 from infra.identity import IdentityDirectory, MailAddresses
 from infra.keycloak import client_credentials_login
+from infra.ledger_store import create_ledger_pool
 from infra.notifier import Notifier
 from infra.settings import Settings
 from infra.stack.launcher import Stack
@@ -189,16 +191,26 @@ async def register(
 
 # -- the delivery workflow with the real activities, on a queue of its own -----------------
 @pytest.fixture
+async def events(settings: Settings) -> AsyncIterator[EventLog]:
+    pool = create_ledger_pool(settings, min_size=1, max_size=4)
+    await pool.open()
+    yield EventLog(pool)
+    await pool.close()
+
+
+@pytest.fixture
 async def notify_queue(
     temporal: Client,
     settings: Settings,
     engine: Engine,
+    events: EventLog,
     signing_secret: str,
     directory: IdentityDirectory,
 ) -> AsyncIterator[tuple[str, NotifyActivities]]:
     http = create_webhook_client(settings)
     activities = NotifyActivities(
         WebhookStore(engine),
+        events,
         WebhookSender(http, signing_secret),
         Notifier(settings),
         MailAddresses(directory.mail_address),
@@ -306,7 +318,7 @@ async def test_an_event_reaches_the_receiver_signed_and_the_customer_by_mail(
     assert env.run(activities.email_customer, event).status == "already_sent"
     again = [m for m in stack.smtp.mailbox.glob("*.eml") if event.id in m.read_text()]
     assert len(again) == 1
-    assert env.run(activities.record_event, event).endpoint_ids == [endpoint["id"]]
+    assert (await env.run(activities.record_event, event)).endpoint_ids == [endpoint["id"]]
 
 
 async def test_a_receiver_answering_500_gets_a_second_attempt_with_the_same_event(
