@@ -148,6 +148,16 @@ class LedgerStore:
         row = await cur.fetchone()
         return None if row is None else _account(row)
 
+    async def get_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+        """The accounts that exist among ``account_ids``, by id, in one query."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_account_balances WHERE id = ANY(%s)",  # noqa: S608
+                (list(account_ids),),
+            )
+            return {row["id"]: _account(row) for row in await cur.fetchall()}
+
     async def list_accounts(self, *, owner: str | None = None) -> list[Account]:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)

@@ -127,31 +127,28 @@ class PaymentStore:
     ) -> tuple[StoredPayment, bool]:
         """The payment for this key: newly created (True) or the one a retry refers to."""
         async with self._pool.connection() as conn:
-            try:
-                async with conn.transaction():
-                    cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(
-                        "INSERT INTO payments (id, kind, status, customer_id, client_id, "  # noqa: S608 - constant column lists
-                        "created_by, amount, currency, source_account_id, "
-                        "destination_account_id, payment_method, payout_destination) "
-                        "VALUES (%(id)s, %(kind)s, 'processing', %(customer_id)s, %(client_id)s, "
-                        "%(created_by)s, %(amount)s, %(currency)s, %(source_account_id)s, "
-                        "%(destination_account_id)s, %(payment_method)s, %(payout_destination)s) "
-                        f"RETURNING {_PAYMENT_COLUMNS}",
-                        asdict(payment),
-                    )
-                    created = await cur.fetchone()
-                    await cur.execute(
-                        "INSERT INTO payment_requests (scope, idempotency_key, request_hash, "
-                        "payment_id) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING "
-                        "RETURNING payment_id",
-                        (scope, key, request_hash, payment.id),
-                    )
-                    if await cur.fetchone() is None:
-                        raise _KeyTaken
-                    return StoredPayment(**_row(created)), True
-            except _KeyTaken:
-                pass  # the transaction rolled back: our payment row is gone
+            cur = conn.cursor(row_factory=dict_row)
+            # One statement, so one round trip and all or nothing: the key is claimed and
+            # the payment inserted only if the key was free. A concurrent request with the
+            # same key waits on the key's index entry and then inserts nothing. (The
+            # foreign key from the request to the payment is checked at the statement's end.)
+            await cur.execute(
+                "WITH claimed AS ("  # noqa: S608 - constant column lists
+                " INSERT INTO payment_requests (scope, idempotency_key, request_hash, "
+                " payment_id) VALUES (%(scope)s, %(key)s, %(request_hash)s, %(id)s) "
+                " ON CONFLICT DO NOTHING RETURNING payment_id) "
+                "INSERT INTO payments (id, kind, status, customer_id, client_id, "
+                "created_by, amount, currency, source_account_id, "
+                "destination_account_id, payment_method, payout_destination) "
+                "SELECT %(id)s, %(kind)s, 'processing', %(customer_id)s, %(client_id)s, "
+                "%(created_by)s, %(amount)s, %(currency)s, %(source_account_id)s, "
+                "%(destination_account_id)s, %(payment_method)s, %(payout_destination)s "
+                f"FROM claimed RETURNING {_PAYMENT_COLUMNS}",
+                {**asdict(payment), "scope": scope, "key": key, "request_hash": request_hash},
+            )
+            created = await cur.fetchone()
+            if created is not None:
+                return StoredPayment(**created), True
             return await self._existing(conn, scope, key, request_hash), False
 
     async def _existing(
@@ -410,10 +407,6 @@ def _row(row: dict[str, Any] | None) -> dict[str, Any]:
     if row is None:
         raise RuntimeError("the database returned no row where one is certain")
     return row
-
-
-class _KeyTaken(Exception):
-    """Inside ``create``: another request owns the key; roll back and read theirs."""
 
 
 __all__ = [
