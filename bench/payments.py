@@ -21,7 +21,7 @@ What one run does, against the running stack (``bfc up``):
    worker processes (pids from ``.stack/run/``, ``/proc/<pid>/stat`` read before and after
    the step, drain included), divided by the payments that ended; keycloak and vault are
    shown beside it. A process restarted meanwhile makes the step's CPU n/a.
-4. The baseline, in the same run: ``bench.bare_workflow.BareWorkflow`` (six no-op local
+4. The baseline, in the same run: ``bench.bare_workflow.BareWorkflow`` (five no-op local
    activities, nothing else started) on an in-process worker with the platform worker's
    ``worker_tuning()``, on a task queue of its own, started by this process at the same
    rates; start-to-terminal is ``start_workflow`` to ``handle.result()``. Its CPU is that
