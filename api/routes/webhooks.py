@@ -37,7 +37,7 @@ router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
 AppPrincipal = Annotated[Principal, require_role("app")]
 
 
-def get_webhook_store(engine: EngineDep) -> WebhookStore:
+async def get_webhook_store(engine: EngineDep) -> WebhookStore:
     return WebhookStore(engine)
 
 
