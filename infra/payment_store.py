@@ -11,6 +11,7 @@ failed never exceeds the captured amount, however many arrive at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -168,12 +169,12 @@ class PaymentStore:
             raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
         return StoredPayment(**row)
 
-    async def mark_saga_started(self, payment_id: str) -> None:
+    async def mark_sagas_started(self, payment_ids: Sequence[str]) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
                 "UPDATE payments SET saga_started_at = now() "
-                "WHERE id = %s AND saga_started_at IS NULL",
-                (payment_id,),
+                "WHERE id = ANY(%s) AND saga_started_at IS NULL",
+                (list(payment_ids),),
             )
 
     async def saga_not_started(self, *, older_than: timedelta, limit: int) -> list[StoredPayment]:

@@ -16,8 +16,9 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from api.payment_starter import SagaStarter
 from infra.ledger_store import LedgerStore, create_ledger_pool
-from infra.payment_store import NewPayment, PaymentStore
+from infra.payment_store import NewPayment, PaymentStore, StoredPayment
 from infra.settings import Settings
 from models.ids import new_id
 from tests.helpers.logins import Logins
@@ -462,33 +463,28 @@ async def test_gateway_faults_end_succeeded_with_one_charge(
     assert await available(api, alice, wallets["alice"]) == before + 2_000
 
 
-async def test_a_payment_whose_start_was_lost_is_started_by_the_sweep(
-    api: httpx.AsyncClient,
-    logins: Logins,
-    wallets: dict[str, str],
-    ledger: LedgerStore,
-    temporal: Client,
-    settings: Settings,
-) -> None:
-    """The API committed a payment and stopped before starting its saga: the row alone is
-    the promise. The sweep starts the saga (once) and the money moves."""
-    alice_h = logins.headers("alice")
-    await top_up(api, logins, wallets["alice"], 2_000)
-    before = await available(api, alice_h, wallets["alice"])
-    account = await ledger.get_account(wallets["alice"])
-    assert account is not None and account.owner is not None
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[PaymentStore]:
     pool = create_ledger_pool(settings, min_size=1, max_size=2)
     await pool.open()
-    store = PaymentStore(pool)
-    # What POST /v1/payments commits, with no start after it.
-    stranded, created = await store.create(
+    yield PaymentStore(pool)
+    await pool.close()
+
+
+async def committed_without_start(
+    store: PaymentStore, ledger: LedgerStore, wallets: dict[str, str], amount: int
+) -> StoredPayment:
+    """What POST /v1/payments commits (alice to bob), with no start after it."""
+    account = await ledger.get_account(wallets["alice"])
+    assert account is not None and account.owner is not None
+    payment, created = await store.create(
         NewPayment(
             id=new_id("pay"),
             kind="transfer",
             customer_id=account.owner,
             client_id=None,
             created_by=account.owner,
-            amount=700,
+            amount=amount,
             currency=CURRENCY,
             source_account_id=wallets["alice"],
             destination_account_id=wallets["bob"],
@@ -496,16 +492,76 @@ async def test_a_payment_whose_start_was_lost_is_started_by_the_sweep(
             payout_destination=None,
         ),
         scope=account.owner,
-        key=f"lost-start-{uuid.uuid4()}",
-        request_hash="lost-start",
+        key=f"no-start-{uuid.uuid4()}",
+        request_hash="no-start",
     )
-    assert created and stranded.saga_started_at is None
+    assert created and payment.saga_started_at is None
+    return payment
+
+
+async def stamped(store: PaymentStore, payment_id: str) -> bool:
+    row = await store.get(payment_id)
+    assert row is not None
+    return row.saga_started_at is not None
+
+
+async def test_a_payment_whose_start_was_lost_is_started_by_the_sweep(
+    api: httpx.AsyncClient,
+    logins: Logins,
+    wallets: dict[str, str],
+    ledger: LedgerStore,
+    store: PaymentStore,
+    temporal: Client,
+) -> None:
+    """The API committed a payment and stopped before starting its saga: the row alone is
+    the promise. The sweep starts the saga (once) and the money moves."""
+    alice_h = logins.headers("alice")
+    await top_up(api, logins, wallets["alice"], 2_000)
+    before = await available(api, alice_h, wallets["alice"])
+    stranded = await committed_without_start(store, ledger, wallets, 700)
 
     final = await wait_for(api, alice_h, stranded.id, timeout=60)
     assert final["status"] == "succeeded", final
     assert await available(api, alice_h, wallets["alice"]) == before - 700
-    row = await store.get(stranded.id)
-    assert row is not None and row.saga_started_at is not None
-    await pool.close()
+    for _ in range(40):  # stamped by the sweep's next flush, a quarter second at most
+        if await stamped(store, stranded.id):
+            break
+        await asyncio.sleep(0.05)
+    assert await stamped(store, stranded.id)
     runs = [w async for w in temporal.list_workflows(f'WorkflowId = "{stranded.id}"')]
     assert len(runs) == 1
+
+
+async def test_started_sagas_are_stamped_together_by_the_next_flush(
+    api: httpx.AsyncClient,
+    logins: Logins,
+    wallets: dict[str, str],
+    ledger: LedgerStore,
+    store: PaymentStore,
+    temporal: Client,
+    settings: Settings,
+) -> None:
+    """A start writes nothing to its row; the flush stamps every row started since the
+    last one with one statement."""
+    alice_h = logins.headers("alice")
+    await top_up(api, logins, wallets["alice"], 2_000)
+
+    async def client() -> Client:
+        return temporal
+
+    starter = SagaStarter(
+        store,
+        client,
+        task_queue=settings.task_queue,
+        four_eyes_threshold_minor=settings.four_eyes_threshold_minor,
+    )
+    payments = [await committed_without_start(store, ledger, wallets, 300) for _ in range(3)]
+    for payment in payments:
+        assert await starter.start(payment)
+    assert [await stamped(store, p.id) for p in payments] == [False, False, False]
+    assert await starter.flush_stamps() == 3
+    assert [await stamped(store, p.id) for p in payments] == [True, True, True]
+    assert await starter.flush_stamps() == 0
+    for payment in payments:
+        final = await wait_for(api, alice_h, payment.id, timeout=60)
+        assert final["status"] == "succeeded", final
