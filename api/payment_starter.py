@@ -2,12 +2,14 @@
 
 ``POST /v1/payments`` answers as soon as the payment row and its idempotency key are
 committed: that row is the platform's promise. The ``PaymentWorkflow`` is started right
-after, off the request (``submit``), and the row is stamped ``saga_started_at``; stamps are
-written together every quarter second (``flush_stamps``), one UPDATE and one commit for all
-the payments started meanwhile instead of one each. Starting
-it inside the request made every acknowledgement wait for a Temporal write, which under
-load was most of the answer's time (p50 37 ms, p99 400 ms at 35 payments/s on the dev
-server), and made an unreachable Temporal refuse payments outright.
+after, off the request (``submit``). Starting it inside the request made every
+acknowledgement wait for a Temporal write, which under load was most of the answer's time
+(p50 37 ms, p99 400 ms at 35 payments/s on the dev server), and made an unreachable
+Temporal refuse payments outright.
+
+A started saga's row is stamped ``saga_started_at``. Stamps are written together every
+quarter second (``flush_stamps``): one UPDATE and one commit for all the payments started
+meanwhile, instead of one each.
 
 What can go wrong between the commit and the start, and what picks it up:
 
@@ -16,10 +18,10 @@ What can go wrong between the commit and the start, and what picks it up:
 - more starts are in flight than ``max_in_flight``: the rest wait.
 
 The sweep (``sweep_forever``, one per API process) starts every row left unstamped for
-``grace`` seconds, oldest first. A stamp lost with its process only makes the sweep start
-that saga again, which finds it started. A start is idempotent: the workflow id is the payment id,
+``grace`` seconds, oldest first. A start is idempotent: the workflow id is the payment id,
 a second start finds the running (or finished) workflow, so two API processes sweeping
-the same row start one saga.
+the same row start one saga, and a stamp lost with its process only makes the sweep start
+that saga again, to find it started.
 """
 
 from __future__ import annotations
