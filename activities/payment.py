@@ -258,7 +258,7 @@ class PaymentActivities:
         carries one (``announce`` then skips its own record step). Idempotent: a retry
         writes the same row and finds the event stored."""
         endpoint_ids = await self._payments.record(record)
-        if record.event is None or endpoint_ids is None:
+        if record.event is None:
             return None
         return RecordedEvent(event_id=record.event.id, endpoint_ids=endpoint_ids)
 

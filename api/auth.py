@@ -8,7 +8,6 @@ rule: ``CurrentPrincipal`` and ``require_role(...)``.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,7 +15,8 @@ from fastapi import Cookie, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ProblemError
-from infra.keycloak import InvalidToken, KeyNotAtHand, TokenVerifier
+from infra.key_at_hand import in_place_or_thread
+from infra.keycloak import InvalidToken, TokenVerifier
 
 SESSION_COOKIE = "bfc_session"
 
@@ -65,11 +65,10 @@ async def current_principal(
         raise _unauthenticated("a bearer token from the bfc realm is required")
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        try:
-            token = verifier.verify(raw, local_only=True)
-        except KeyNotAtHand:
-            # Off the event loop: a first use or an unknown key id fetches the realm's JWKS.
-            token = await asyncio.to_thread(verifier.verify, raw)
+        # In place with the realm's key at hand; a first or rotated key is fetched in a thread.
+        token = await in_place_or_thread(
+            lambda: verifier.verify(raw, local_only=True), lambda: verifier.verify(raw)
+        )
     except InvalidToken as exc:
         raise _unauthenticated(f"invalid token: {exc}") from exc
     return Principal(

@@ -91,7 +91,11 @@ def require_idempotency_key(key: str | None) -> str:
     return key
 
 
+def temporal_unavailable() -> ProblemError:
+    return ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
+
+
 def temporal_or_503(client: Client | None) -> Client:
     if client is None:
-        raise ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
+        raise temporal_unavailable()
     return client

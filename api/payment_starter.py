@@ -65,6 +65,29 @@ def payment_search_attributes(
     )
 
 
+async def start_once(
+    client: Client,
+    workflow: str,
+    arg: object,
+    *,
+    id: str,
+    task_queue: str,
+    search_attributes: TypedSearchAttributes,
+) -> None:
+    """Start the workflow under ``id`` unless it was started before: running (a retry,
+    another process's sweep) or finished, it is the same one, never run again."""
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            workflow,
+            arg,
+            id=id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=search_attributes,
+        )
+
+
 class SagaStarter:
     """Starts payments' workflows for one API process (module docstring)."""
 
@@ -143,24 +166,20 @@ class SagaStarter:
             created_at=payment.created_at.isoformat(),
             four_eyes_threshold_minor=self._four_eyes,
         )
-        # Started already (a retry, another process's sweep) or finished: the same saga.
-        with contextlib.suppress(WorkflowAlreadyStartedError):
-            await client.start_workflow(
-                PAYMENT_WORKFLOW,
-                request,
-                id=payment.id,
-                task_queue=self._task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                # A finished payment is never run again under its id.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=payment_search_attributes(
-                    status="processing",
-                    kind=payment.kind,
-                    customer_id=payment.customer_id,
-                    amount=payment.amount,
-                    currency=payment.currency,
-                ),
-            )
+        await start_once(
+            client,
+            PAYMENT_WORKFLOW,
+            request,
+            id=payment.id,
+            task_queue=self._task_queue,
+            search_attributes=payment_search_attributes(
+                status="processing",
+                kind=payment.kind,
+                customer_id=payment.customer_id,
+                amount=payment.amount,
+                currency=payment.currency,
+            ),
+        )
 
     async def sweep(self, limit: int = 100) -> int:
         """Start the payments left unstarted past the grace period; how many it started."""

@@ -29,13 +29,10 @@ from dataclasses import dataclass
 import hvac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from infra.key_at_hand import KeyNotAtHand
 from infra.settings import Settings
 
 ALGORITHM = "A256GCM"
-
-
-class KeyNotAtHand(LookupError):
-    """A ``local_only`` call would have needed Vault (a new or an uncached data key)."""
 
 
 class EnvelopeError(ValueError):

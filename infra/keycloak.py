@@ -5,11 +5,9 @@ against the realm's JWKS (fetched once and cached; a token with an unknown ``kid
 the cache refresh once, so a key rotation in Keycloak needs no restart), the issuer, the
 audience, expiry and not-before with a small leeway.
 
-Checking a signature with a key at hand is ~0.1 ms of CPU; fetching the JWKS is a network
-call. ``verify(token, local_only=True)`` never fetches: it raises ``KeyNotAtHand`` instead,
-so the API verifies on its event loop and goes to a thread only for a first or rotated key.
-(A thread hop on every request cost more than the check itself and, with the cores busy,
-added tens of milliseconds to the slowest answers.)
+``verify(token, local_only=True)`` never fetches the JWKS: it raises ``KeyNotAtHand``
+instead (``infra.key_at_hand``), so the API checks tokens on its event loop and goes to a
+thread only for a first or rotated key.
 """
 
 from __future__ import annotations
@@ -21,15 +19,12 @@ from typing import Any
 import httpx
 import jwt
 
+from infra.key_at_hand import KeyNotAtHand
 from infra.settings import Settings
 
 
 class InvalidToken(Exception):
     """The token is missing, malformed, expired, or not issued for us."""
-
-
-class KeyNotAtHand(Exception):
-    """The token names a signing key not cached here; verifying it may fetch the JWKS."""
 
 
 # How long a fetched signing key is trusted without asking Keycloak again: a key the realm

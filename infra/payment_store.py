@@ -235,9 +235,9 @@ class PaymentStore:
             )
             return [StoredPayment(**row) for row in await cur.fetchall()]
 
-    async def record(self, record: PaymentRecord) -> list[str] | None:
+    async def record(self, record: PaymentRecord) -> list[str]:
         """The saga's state, and its terminal event in the same transaction when the record
-        carries one (then the ids of the endpoints that want it; otherwise None). A
+        carries one; the ids of the endpoints that want the event (none without one). A
         terminal row is never moved by a late or repeated write: only refunds
         (``record_refund``) change a finished payment."""
         risk = record.risk
@@ -266,7 +266,7 @@ class PaymentStore:
                 },
             )
             if record.event is None:
-                return None
+                return []
             return await record_event(conn, record.event)
 
     async def risk_history(

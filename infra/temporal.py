@@ -8,7 +8,6 @@ read them in the Web UI through the API's codec endpoints.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Sequence
 
@@ -24,7 +23,8 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from infra.envelope import EnvelopeCipher, KeyNotAtHand
+from infra.envelope import EnvelopeCipher
+from infra.key_at_hand import in_place_or_thread
 from infra.settings import Settings
 
 ENCODING = b"binary/bfc-envelope"
@@ -38,16 +38,16 @@ class EnvelopePayloadCodec(PayloadCodec):
     # in a thread only when Vault must be asked (a new data key, an uncached one). Every
     # payload going through a thread cost the worker a tenth of its CPU in hand-offs.
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        try:
-            return self._encode_all(payloads, local_only=True)
-        except KeyNotAtHand:
-            return await asyncio.to_thread(self._encode_all, payloads)
+        return await in_place_or_thread(
+            lambda: self._encode_all(payloads, local_only=True),
+            lambda: self._encode_all(payloads),
+        )
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        try:
-            return self._decode_all(payloads, local_only=True)
-        except KeyNotAtHand:
-            return await asyncio.to_thread(self._decode_all, payloads)
+        return await in_place_or_thread(
+            lambda: self._decode_all(payloads, local_only=True),
+            lambda: self._decode_all(payloads),
+        )
 
     def _encode_all(self, payloads: Sequence[Payload], local_only: bool = False) -> list[Payload]:
         return [

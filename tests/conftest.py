@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
 from temporalio.client import Client
 
@@ -66,6 +68,15 @@ async def temporal(settings: Settings, cipher: EnvelopeCipher) -> AsyncIterator[
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """A few connections to the platform database, as the API and the worker pool them."""
+    pool = create_ledger_pool(settings, min_size=1, max_size=4)
+    await pool.open()
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

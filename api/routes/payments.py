@@ -13,18 +13,13 @@ see everything. Someone else's payment answers 404, exactly like a missing one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Query, Request, Response, status
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import (
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from api.auth import Principal, require_role
@@ -35,9 +30,10 @@ from api.deps import (
     TemporalClientDep,
     require_idempotency_key,
     temporal_or_503,
+    temporal_unavailable,
 )
 from api.errors import ProblemError
-from api.payment_starter import SagaStarter, payment_search_attributes
+from api.payment_starter import SagaStarter, payment_search_attributes, start_once
 from infra.payment_store import NewPayment, PaymentStore, StoredPayment, StoredRefund
 from models.ids import new_id
 from models.ledger import Account
@@ -303,7 +299,7 @@ async def cancel_payment(
     if payment.status in TERMINAL_STATUSES:
         raise too_late
     if payment.saga_started_at is None and not await _starter(request).start(payment):
-        raise ProblemError(503, "unavailable", "Temporal is not reachable", "try again shortly")
+        raise temporal_unavailable()
     try:
         state: PaymentState = await client.get_workflow_handle(payment_id).execute_update(
             "cancel", result_type=PaymentState
@@ -331,33 +327,31 @@ async def _start_refund(
         debit, credit = destination, platform_account_id(GATEWAY_CLEARING, payment.currency)
     else:
         debit, credit = destination, payment.source_account_id or ""
-    with contextlib.suppress(WorkflowAlreadyStartedError):
-        await client.start_workflow(
-            REFUND_WORKFLOW,
-            RefundInput(
-                refund_id=refund.id,
-                payment_id=payment.id,
-                kind=cast(PaymentKind, payment.kind),  # the table's CHECK allows only kinds
-                customer_id=payment.customer_id,
-                client_id=payment.client_id,
-                amount=refund.amount,
-                currency=payment.currency,
-                debit_account_id=debit,
-                credit_account_id=credit,
-                gateway_reference=payment.gateway_reference if payment.kind == "topup" else None,
-            ),
-            id=refund.id,
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=payment_search_attributes(
-                status=payment.status,
-                kind="refund",
-                customer_id=payment.customer_id,
-                amount=refund.amount,
-                currency=payment.currency,
-            ),
-        )
+    await start_once(
+        client,
+        REFUND_WORKFLOW,
+        RefundInput(
+            refund_id=refund.id,
+            payment_id=payment.id,
+            kind=cast(PaymentKind, payment.kind),  # the table's CHECK allows only kinds
+            customer_id=payment.customer_id,
+            client_id=payment.client_id,
+            amount=refund.amount,
+            currency=payment.currency,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            gateway_reference=payment.gateway_reference if payment.kind == "topup" else None,
+        ),
+        id=refund.id,
+        task_queue=task_queue,
+        search_attributes=payment_search_attributes(
+            status=payment.status,
+            kind="refund",
+            customer_id=payment.customer_id,
+            amount=refund.amount,
+            currency=payment.currency,
+        ),
+    )
 
 
 def _refund_public(refund: StoredRefund) -> RefundPublic:

@@ -20,7 +20,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from infra.audit import list_audit_events
-from infra.envelope import EnvelopeCipher, EnvelopeError, KeyNotAtHand
+from infra.envelope import EnvelopeCipher, EnvelopeError
+from infra.key_at_hand import KeyNotAtHand
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.temporal import EnvelopePayloadCodec, connect_temporal

@@ -8,10 +8,10 @@ import httpx
 import jwt
 import pytest
 
+from infra.key_at_hand import KeyNotAtHand
 from infra.keycloak import (
     JWKS_LIFESPAN_SECONDS,
     InvalidToken,
-    KeyNotAtHand,
     TokenVerifier,
     client_credentials_login,
     password_login,

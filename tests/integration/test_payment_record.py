@@ -7,26 +7,15 @@ the app's webhooks; an event without the row would announce what the API does no
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from infra.ledger_store import create_ledger_pool
 from infra.payment_store import NewPayment, PaymentStore
-from infra.settings import Settings
 from models.ids import new_id
 from models.notifications import PlatformEvent, event_id, payment_data
 from models.payment import PaymentRecord, TimelineEntry
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    pool = create_ledger_pool(settings, min_size=1, max_size=2)
-    await pool.open()
-    yield pool
-    await pool.close()
 
 
 async def _accepted(store: PaymentStore) -> str:

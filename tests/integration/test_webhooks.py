@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from keycloak import KeycloakAdmin
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -28,7 +29,6 @@ from activities.notify import NotifyActivities
 from infra.event_log import EventLog
 from infra.identity import IdentityDirectory, MailAddresses
 from infra.keycloak import client_credentials_login
-from infra.ledger_store import create_ledger_pool
 from infra.notifier import Notifier
 from infra.settings import Settings
 from infra.stack.launcher import Stack
@@ -191,11 +191,8 @@ async def register(
 
 # -- the delivery workflow with the real activities, on a queue of its own -----------------
 @pytest.fixture
-async def events(settings: Settings) -> AsyncIterator[EventLog]:
-    pool = create_ledger_pool(settings, min_size=1, max_size=4)
-    await pool.open()
-    yield EventLog(pool)
-    await pool.close()
+def events(pool: AsyncConnectionPool[Any]) -> EventLog:
+    return EventLog(pool)
 
 
 @pytest.fixture

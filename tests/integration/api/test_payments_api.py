@@ -14,10 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 from api.payment_starter import SagaStarter
-from infra.ledger_store import LedgerStore, create_ledger_pool
+from infra.ledger_store import LedgerStore
 from infra.payment_store import NewPayment, PaymentStore, StoredPayment
 from infra.settings import Settings
 from models.ids import new_id
@@ -464,11 +465,8 @@ async def test_gateway_faults_end_succeeded_with_one_charge(
 
 
 @pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[PaymentStore]:
-    pool = create_ledger_pool(settings, min_size=1, max_size=2)
-    await pool.open()
-    yield PaymentStore(pool)
-    await pool.close()
+def store(pool: AsyncConnectionPool[Any]) -> PaymentStore:
+    return PaymentStore(pool)
 
 
 async def committed_without_start(
