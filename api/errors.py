@@ -7,6 +7,7 @@ pointer-like ``field`` and the reason.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from infra.postgres_pool import DATABASE_UNAVAILABLE
 from models.errors import BusinessRuleError
+
+log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -28,6 +32,8 @@ _CODES_BY_STATUS = {
     422: "validation_failed",
     503: "unavailable",
 }
+# When to ask again after database_unavailable: restarts we measured took about a second.
+RETRY_AFTER_SECONDS = "1"
 
 
 class ProblemError(Exception):
@@ -134,4 +140,30 @@ def install_problem_handlers(app: FastAPI) -> None:
             str(exc.detail),
             instance=request.url.path,
             headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    async def _database_away(request: Request, exc: Exception) -> JSONResponse:
+        # Each of the API's writes is one transaction: the request committed whole or not
+        # at all. The money-moving ones carry an Idempotency-Key, so sending one again
+        # after a 503 is safe either way.
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+        return problem_response(
+            503,
+            "database_unavailable",
+            "The database is not available right now",
+            "nothing was left half-done; send the request again shortly, with the same "
+            "Idempotency-Key where it has one",
+            instance=request.url.path,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    for exc_class in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(exc_class, _database_away)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A problem document instead of Starlette's plain text; the traceback goes to the
+        # server's log (Starlette raises it again after this answer), never out.
+        return problem_response(
+            500, "internal_error", "Something went wrong on our side", instance=request.url.path
         )

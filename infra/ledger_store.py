@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from infra.ledger_group_commit import GroupCommitter, with_retries
+from infra.postgres_pool import PostgresPool
 from infra.settings import Settings
 from models.errors import LEDGER_ERRORS, IdempotencyConflict, LedgerError
 from models.ledger import (
@@ -45,15 +46,22 @@ class AuditNote:
 
 
 def create_ledger_pool(
-    settings: Settings, *, min_size: int = 2, max_size: int = 20
+    settings: Settings, *, min_size: int = 2, max_size: int = 20, timeout: float = 5.0
 ) -> AsyncConnectionPool:
+    """``timeout``: how long a caller waits for a connection before ``PoolTimeout``; while
+    the database is away, the API's answer is ``503`` after that long."""
     s = settings
     conninfo = (
         f"host={s.postgres_host} port={s.postgres_port} dbname={s.postgres_db} "
         f"user={s.postgres_user} application_name=bfc-ledger"
     )
-    return AsyncConnectionPool(
-        conninfo, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
+    return PostgresPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        open=False,
+        kwargs={"autocommit": True},
     )
 
 

@@ -1,11 +1,11 @@
 """Payments survive faults: a worker killed with SIGKILL at random moments, a Temporal server
-restarted mid-run. Whatever happens, every payment ends in a terminal status, the gateway
-charged each payment at most once (exactly once if it succeeded), every ledger leg was
-posted once, and the trial balance is zero.
+restarted mid-run, PostgreSQL restarted mid-run. Whatever happens, every payment ends in a
+terminal status, the gateway charged each payment at most once (exactly once if it
+succeeded), every ledger leg was posted once, and the trial balance is zero.
 
-Runs last (marker ``lifecycle``): it kills the stack's worker and restarts Temporal. The
-kill moments come from a seeded random generator; the seed and the moments are printed so a
-failing run can be repeated (``BFC_FAULT_SEED``).
+Runs last (marker ``lifecycle``): it kills the stack's worker and restarts Temporal and
+PostgreSQL. The kill moments come from a seeded random generator; the seed and the moments
+are printed so a failing run can be repeated (``BFC_FAULT_SEED``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infra.ledger_store import LedgerStore
+from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from tests.helpers.logins import Logins
@@ -96,6 +96,17 @@ async def _fund(api: httpx.AsyncClient, logins: Logins, wallet: str) -> None:
     assert (await wait_for(api, logins.headers("alice"), payment["id"]))["status"] == "succeeded"
 
 
+async def _funded_wallets(
+    api: httpx.AsyncClient, logins: Logins
+) -> tuple[dict[str, str], str, str, int]:
+    """Alice's headers, her funded wallet, bob's wallet, and what alice has available."""
+    alice_h = logins.headers("alice")
+    alice = await open_wallet(api, alice_h, CURRENCY)
+    bob = await open_wallet(api, logins.headers("bob"), CURRENCY)
+    await _fund(api, logins, alice)
+    return alice_h, alice, bob, await available(api, alice_h, alice)
+
+
 async def _gone(stack: Stack, pid: int) -> None:
     """SIGKILL is delivered at once but the process is torn down a moment later: until
     then it still looks alive, and ``up`` would take it for the running worker."""
@@ -149,11 +160,7 @@ async def test_payments_survive_a_worker_killed_at_random_moments(
 ) -> None:
     seed = int(os.environ.get("BFC_FAULT_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)  # noqa: S311 - kill moments, not secrets
-    alice_h = logins.headers("alice")
-    alice = await open_wallet(api, alice_h, CURRENCY)
-    bob = await open_wallet(api, logins.headers("bob"), CURRENCY)
-    await _fund(api, logins, alice)
-    before = await available(api, alice_h, alice)
+    alice_h, alice, bob, before = await _funded_wallets(api, logins)
 
     bodies = _mix(alice, bob, 30, rng)
     kill_at = sorted(rng.uniform(0.0, 2.5) for _ in range(3))
@@ -190,11 +197,7 @@ async def test_payments_survive_a_temporal_restart(
     ledger: LedgerStore,
     gateway: GatewayView,
 ) -> None:
-    alice_h = logins.headers("alice")
-    alice = await open_wallet(api, alice_h, CURRENCY)
-    bob = await open_wallet(api, logins.headers("bob"), CURRENCY)
-    await _fund(api, logins, alice)
-    before = await available(api, alice_h, alice)
+    alice_h, alice, bob, before = await _funded_wallets(api, logins)
     started = [await pay(api, alice_h, body) for body in _mix(alice, bob, 12, random.Random(7))]  # noqa: S311
 
     # Its data is on disk: the server comes back with every open workflow.
@@ -224,3 +227,46 @@ async def test_payments_survive_a_temporal_restart(
         },
     )
     assert (await wait_for(api, alice_h, after["id"], timeout=60))["status"] == "succeeded"
+
+
+async def test_payments_survive_a_postgres_restart(
+    settings: Settings,
+    stack: Stack,
+    api: httpx.AsyncClient,
+    logins: Logins,
+    gateway: GatewayView,
+) -> None:
+    alice_h, alice, bob, before = await _funded_wallets(api, logins)
+    rng = random.Random(11)  # noqa: S311
+    started = [await pay(api, alice_h, body) for body in _mix(alice, bob, 12, rng)]
+
+    # Sagas are in flight (the slow card among them) when the database goes away.
+    await asyncio.to_thread(stack.down, ("postgres",))
+    body = _mix(alice, bob, 1, rng)[0]
+    key = f"pg-restart-{started[0]['id']}"
+    refused = await api.post("/v1/payments", json=body, headers={**alice_h, "Idempotency-Key": key})
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json()["code"] == "database_unavailable"
+    await asyncio.to_thread(stack.up, ("postgres",))
+
+    # Right after the restart: no caller meets a connection the restart cut.
+    answers = await asyncio.gather(
+        *(api.get(f"/v1/payments/{p['id']}", headers=alice_h) for p in started)
+    )
+    assert [a.status_code for a in answers] == [200] * len(started)
+    # The refused request left nothing behind: the same key now makes the payment, once.
+    retried = await pay(api, alice_h, body, key=key)
+    assert (await pay(api, alice_h, body, key=key))["id"] == retried["id"]
+
+    final = [await wait_for(api, alice_h, p["id"], timeout=120) for p in [*started, retried]]
+    pool = create_ledger_pool(settings, min_size=1, max_size=4)
+    await pool.open()
+    ledger = LedgerStore(pool)
+    try:
+        change = await _check_exactly_once(final, gateway, ledger)
+    finally:
+        await ledger.close()
+        await pool.close()
+    assert await available(api, alice_h, alice) == before + change

@@ -1,13 +1,19 @@
-"""PostgreSQL: migrated to head at `up`; the audit log cannot be edited after the fact."""
+"""PostgreSQL: migrated to head at `up`; the audit log cannot be edited after the fact; the
+pool gets over its connections being cut (as by a database restart) after one failure."""
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import AsyncExitStack
+
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from infra.audit import list_audit_events, record_audit_event
+from infra.ledger_store import create_ledger_pool
 from infra.migrations.runner import current_revision, head_revision
 from infra.settings import Settings
 
@@ -50,3 +56,36 @@ def test_the_audit_log_refuses_edits(engine: Engine, unique: str, statement: str
         conn.execute(text(statement), {"subject": subject})
     with Session(engine) as session:
         assert [e.actor for e in list_audit_events(session, subject=subject)] == ["olivia"]
+
+
+async def test_the_pool_replaces_its_cut_connections_after_the_first_failure(
+    settings: Settings,
+) -> None:
+    """What a database restart does to a pool, on this pool's connections only: their
+    server processes end. Without the check on the first broken connection, each of the
+    other two would fail one more caller."""
+    pool = create_ledger_pool(settings, min_size=3, max_size=3)
+    await pool.open(wait=True)
+    try:
+        async with AsyncExitStack() as held:  # all three at once: three server processes
+            conns = [await held.enter_async_context(pool.connection()) for _ in range(3)]
+            pids = [conn.info.backend_pid for conn in conns]
+        conninfo = str(pool.conninfo)  # a plain string: create_ledger_pool builds one
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (pids,)
+            )
+
+        with pytest.raises(psycopg.OperationalError):
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        # The check starts as a task of its own: from its first step on, callers wait for
+        # the connections it has found alive or made anew.
+        await asyncio.sleep(0)
+        for _ in range(3):
+            async with pool.connection(timeout=10) as conn:
+                cur = await conn.execute("SELECT pg_backend_pid()")
+                row = await cur.fetchone()
+                assert row is not None and row[0] not in pids
+    finally:
+        await pool.close()

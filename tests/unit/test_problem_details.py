@@ -1,9 +1,14 @@
-"""RFC 9457 problem documents: stable codes, and validation errors that name the field."""
+"""RFC 9457 problem documents: stable codes, and validation errors that name the field; a
+database that is away is a 503 to retry, anything unexpected a 500 without its traceback."""
 
 from __future__ import annotations
 
+import psycopg
+import pytest
+import sqlalchemy.exc
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 
 from api.errors import ProblemError, install_problem_handlers
@@ -30,7 +35,19 @@ def _app() -> FastAPI:
     def read(thing_id: str) -> dict[str, str]:
         raise ProblemError(404, "thing_not_found", "No such thing", f"{thing_id} does not exist")
 
+    @app.get("/fails/{kind}")
+    def fail(kind: str) -> None:
+        raise _FAILURES[kind]
+
     return app
+
+
+_FAILURES: dict[str, Exception] = {
+    "cut": psycopg.OperationalError("server closed the connection unexpectedly"),
+    "pool": PoolTimeout("couldn't get a connection after 5.00 sec"),
+    "engine": sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused")),
+    "bug": KeyError("secret_internal_detail"),
+}
 
 
 def test_validation_errors_name_each_field_and_a_code() -> None:
@@ -61,3 +78,20 @@ def test_framework_errors_are_problems_too() -> None:
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("kind", ["cut", "pool", "engine"])
+def test_a_database_that_is_away_is_a_503_to_send_again(kind: str) -> None:
+    response = TestClient(_app()).get(f"/fails/{kind}")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["code"] == "database_unavailable"
+
+
+def test_an_unexpected_error_is_a_500_problem_that_keeps_its_details_in() -> None:
+    response = TestClient(_app(), raise_server_exceptions=False).get("/fails/bug")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "internal_error"
+    assert "secret_internal_detail" not in response.text
