@@ -32,7 +32,8 @@ _CODES_BY_STATUS = {
     422: "validation_failed",
     503: "unavailable",
 }
-# When to ask again after database_unavailable: restarts we measured took about a second.
+# When to ask again after a 503: the restarts of PostgreSQL we measured took about a second;
+# a client backs off further on its own if the next answer is a 503 again.
 RETRY_AFTER_SECONDS = "1"
 
 
