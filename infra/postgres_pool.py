@@ -13,8 +13,8 @@ While the database is away, a caller waits for a connection for at most ``timeou
 seconds and then gets ``PoolTimeout``. ``DATABASE_UNAVAILABLE`` names the exceptions that
 mean "the database cannot answer right now" on either of our paths (psycopg's pool and
 SQLAlchemy's engine): the API answers them with ``503 database_unavailable`` and
-``Retry-After``, which is safe to retry because every write it makes is idempotent by
-its key.
+``Retry-After``. Sending the request again is safe: each of the API's writes is one
+transaction, and the money-moving ones are idempotent by their key.
 """
 
 from __future__ import annotations
