@@ -10,10 +10,12 @@ What one run does, against the running stack (``bfc up``):
 2. Steps of open-loop arrivals: payment ``i`` is fired at ``t0 + i / rate`` whether or not
    earlier ones have finished, through one shared keep-alive ``httpx.AsyncClient``, each with
    its own ``Idempotency-Key``; a ``transfer`` of 1.00-99.99 EUR between two of this run's
-   wallets. Default steps: 5/s (latency at low load), then 20, 30, 35, 40, 50, 60 /s, 20 s
-   each. Work in flight (POSTs open + payments accepted and not yet seen ended) is capped;
-   an arrival over the cap is shed and counted, never queued. The only reads while a step
-   runs: once a second, how many of its payments have ended (one indexed count).
+   wallets. Default steps: 5/s (latency at low load), then 20, 30, 35, 40, 45, 50, 60, 70,
+   80 /s, 20 s each (the bare workflow keeps up past 60/s here, and the ratio needs its
+   ceiling); a side stops after two steps that did not keep up. Work in flight (POSTs open
+   + payments accepted and not yet seen ended) is capped; an arrival over the cap is shed
+   and counted, never queued. The only reads while a step runs: once a second, how many of
+   its payments have ended (one indexed count).
 3. After each step: wait up to ``--drain-seconds`` (60) for its payments to end; what has not
    ended by then is *lost*. Then read, with psycopg, each payment's status and
    start-to-terminal, ``payments.completed_at - created_at``. CPU per payment is the
@@ -1121,7 +1123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rates",
         type=lambda text: [float(r) for r in text.split(",") if r],
-        default=[20.0, 30.0, 35.0, 40.0, 50.0, 60.0],
+        default=[20.0, 30.0, 35.0, 40.0, 45.0, 50.0, 60.0, 70.0, 80.0],
         help="the ramp after the first step, comma-separated per-second rates",
     )
     parser.add_argument("--drain-seconds", type=float, default=60.0, help="after a step: lost")
