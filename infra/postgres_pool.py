@@ -12,9 +12,7 @@ it.
 While the database is away, a caller waits for a connection for at most ``timeout``
 seconds and then gets ``PoolTimeout``. ``DATABASE_UNAVAILABLE`` names the exceptions that
 mean "the database cannot answer right now" on either of our paths (psycopg's pool and
-SQLAlchemy's engine): the API answers them with ``503 database_unavailable`` and
-``Retry-After``. Sending the request again is safe: each of the API's writes is one
-transaction, and the money-moving ones are idempotent by their key.
+SQLAlchemy's engine); what the API answers to them is in ``api/errors.py``.
 """
 
 from __future__ import annotations

@@ -261,6 +261,7 @@ async def test_payments_survive_a_postgres_restart(
     assert (await pay(api, alice_h, body, key=key))["id"] == retried["id"]
 
     final = [await wait_for(api, alice_h, p["id"], timeout=120) for p in [*started, retried]]
+    # A pool opened after the restart: the ``ledger`` fixture's connections were cut by it.
     pool = create_ledger_pool(settings, min_size=1, max_size=4)
     await pool.open()
     ledger = LedgerStore(pool)
