@@ -58,6 +58,26 @@ class ProblemError(Exception):
         self.headers = headers
         self.extensions = extensions
 
+    def response(self, instance: str) -> JSONResponse:
+        return problem_response(
+            self.status,
+            self.code,
+            self.title,
+            self.detail,
+            instance=instance,
+            headers=self.headers,
+            **self.extensions,
+        )
+
+
+def invalid_fields(errors: list[dict[str, str]], code: str = "validation_failed") -> ProblemError:
+    """The 422 that names every offending field (``errors``: field, code, message); one shape
+    for the schema's checks and the routes' own."""
+    fields = ", ".join(e["field"] for e in errors)
+    return ProblemError(
+        422, code, "The request is not valid", f"invalid field(s): {fields}", errors=errors
+    )
+
 
 def problem_response(
     status: int,
@@ -83,26 +103,28 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _field(location: tuple[Any, ...]) -> str:
+def _field(error: dict[str, Any]) -> str:
+    if error["type"] == "json_invalid":
+        return "body"  # its location's second part is a character position, not a field
     # ("body", "amount", "currency") -> "amount.currency"; query/header names kept as they are.
-    parts = [str(p) for p in location]
+    parts = [str(p) for p in error["loc"]]
     if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
         parts = parts[1:] or parts
     return ".".join(parts)
 
 
+def _message(error: dict[str, Any]) -> str:
+    message: str = error["msg"]
+    reason = (error.get("ctx") or {}).get("error")
+    if error["type"] == "json_invalid" and reason:
+        return f"{message}: {reason}"  # "JSON decode error" alone does not say where
+    return message
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(
-            exc.status,
-            exc.code,
-            exc.title,
-            exc.detail,
-            instance=request.url.path,
-            headers=exc.headers,
-            **exc.extensions,
-        )
+        return exc.response(request.url.path)
 
     @app.exception_handler(BusinessRuleError)
     async def _business(request: Request, exc: BusinessRuleError) -> JSONResponse:
@@ -119,18 +141,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": _field(tuple(e["loc"])), "code": e["type"], "message": e["msg"]}
-            for e in exc.errors()
+            {"field": _field(e), "code": e["type"], "message": _message(e)} for e in exc.errors()
         ]
-        fields = ", ".join(e["field"] for e in errors)
-        return problem_response(
-            422,
-            "validation_failed",
-            "The request is not valid",
-            f"invalid field(s): {fields}",
-            instance=request.url.path,
-            errors=errors,
-        )
+        return invalid_fields(errors).response(request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

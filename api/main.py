@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
+from api.nul_guard import RefuseNulCharacters
 from api.payment_starter import SagaStarter
 from api.routes import (
     accounts,
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Payments, onboarding and compliance review over Temporal workflows.",
     )
     install_problem_handlers(app)
+    # Added first, so it runs inside CORS: its refusals carry the CORS headers too.
+    app.add_middleware(RefuseNulCharacters)
     origins = codec_origins(settings)
     app.add_middleware(CodecCORS, origins=origins)
     app.include_router(health.router)

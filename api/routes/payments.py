@@ -32,7 +32,7 @@ from api.deps import (
     temporal_or_503,
     temporal_unavailable,
 )
-from api.errors import ProblemError
+from api.errors import ProblemError, invalid_fields
 from api.payment_starter import SagaStarter, payment_search_attributes, start_once
 from infra.payment_store import NewPayment, PaymentStore, StoredPayment, StoredRefund
 from models.ids import new_id
@@ -179,10 +179,7 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     key = require_idempotency_key(key)
     problems = body.kind_problems()
     if problems:
-        raise ProblemError(
-            422, "validation_failed", "The request has invalid fields",
-            ", ".join(p["field"] for p in problems), errors=problems,
-        )  # fmt: skip
+        raise invalid_fields(problems)
     acting_customer = None if "app" in principal.roles else principal.subject
     # Both wallets of a transfer in one query: a round trip fewer on every payment.
     accounts = await ledger.get_accounts(

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, Response, status
 
 from api.auth import Principal, require_role
 from api.deps import EngineDep, SettingsDep
-from api.errors import ProblemError
+from api.errors import ProblemError, invalid_fields
 from infra.webhook_store import WebhookStore
 from models.notifications import EVENT_TYPES
 from models.webhook_schemas import (
@@ -76,11 +76,7 @@ def url_problem(url: str, *, allow_http: bool) -> str | None:
 
 
 def _invalid(errors: list[dict[str, str]]) -> ProblemError:
-    code = errors[0]["code"] if len(errors) == 1 else "validation_failed"
-    fields = ", ".join(e["field"] for e in errors)
-    return ProblemError(
-        422, code, "The request is not valid", f"invalid field(s): {fields}", errors=errors
-    )
+    return invalid_fields(errors, errors[0]["code"] if len(errors) == 1 else "validation_failed")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookEndpointPublic)

@@ -95,3 +95,14 @@ def test_an_unexpected_error_is_a_500_problem_that_keeps_its_details_in() -> Non
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "internal_error"
     assert "secret_internal_detail" not in response.text
+
+
+def test_a_body_that_is_not_json_is_named_as_the_body_with_the_reason() -> None:
+    response = TestClient(_app()).post(
+        "/things", content=b'{"money": {amount: 1}}', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["field"] == "body"
+    assert error["code"] == "json_invalid"
+    assert "property name" in error["message"]
