@@ -43,6 +43,7 @@ from models.payment import (
     TERMINAL_STATUSES,
     PaymentKind,
     PaymentState,
+    PaymentStatus,
     RefundInput,
     platform_account_id,
 )
@@ -255,8 +256,9 @@ async def get_payment(
 async def list_payments(  # noqa: PLR0917 - FastAPI passes query parameters by name
     request: Request,
     principal: Reader,
-    status_: Annotated[str | None, Query(alias="status", max_length=30)] = None,
-    kind: Annotated[str | None, Query(max_length=20)] = None,
+    # Typed, so a misspelt filter is a 422 naming it rather than an empty page.
+    status_: Annotated[PaymentStatus | None, Query(alias="status")] = None,
+    kind: PaymentKind | None = None,
     customer_id: Annotated[str | None, Query(max_length=100)] = None,
     cursor: Annotated[str | None, Query(pattern=r"^pay_[0-9a-z]{26}$")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,

@@ -266,6 +266,27 @@ async def test_customers_see_only_their_own_payments(
     assert after.json()["data"][0]["id"] < page.json()["data"][0]["id"]
 
 
+async def test_list_filters_are_checked_and_applied(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+) -> None:
+    alice = logins.headers("alice")
+    payment = await top_up(api, logins, wallets["alice"], 200)
+
+    async def listed(**params: str) -> set[str]:
+        response = await api.get("/v1/payments", params={"limit": "100", **params}, headers=alice)
+        assert response.status_code == 200, response.text
+        return {p["id"] for p in response.json()["data"]}
+
+    assert payment["id"] in await listed(status="succeeded", kind="topup")
+    assert payment["id"] not in await listed(status="declined")
+    assert payment["id"] not in await listed(kind="transfer")
+    # A misspelt filter names itself; it is not an empty page that looks like "none".
+    for name, value in (("status", "suceeded"), ("kind", "top-up")):
+        response = await api.get("/v1/payments", params={name: value}, headers=alice)
+        assert response.status_code == 422
+        assert [e["field"] for e in response.json()["errors"]] == [name]
+
+
 async def test_refunds_never_exceed_the_captured_amount(
     api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
 ) -> None:
