@@ -4,11 +4,22 @@ All three are safe to repeat. ``record_event`` inserts the event once. ``deliver
 writes every attempt to ``webhook_deliveries`` and sends nothing when an earlier attempt was
 already accepted; otherwise the receiver may see the event again and de-duplicates on its
 id. ``email_customer`` looks up whether this event's mail went out before sending it.
+
+A payment mails its customer inline: ``email_customer`` as a local activity, which holds
+the payment's workflow task open, and a worker has a bounded number of those
+(``max_concurrent_workflow_tasks``). A mail relay or Keycloak that is down or hangs must
+not hold them all: once an inline attempt fails, the inline attempts of the next
+``INLINE_PAUSE_SECONDS`` in this worker give up at once, and their mail goes to the
+EventDeliveryWorkflow's durable retries (regular activities, which never pause). Found
+with the SMTP sink stopped: 100 payments each held a task retrying its mail, and every
+later payment waited in ``processing`` until the relay came back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -23,6 +34,7 @@ from models.notifications import (
     EMAIL_CUSTOMER,
     ENDPOINT_DISABLED,
     ENDPOINT_GONE,
+    INLINE_MAIL_PAUSED,
     RECORD_EVENT,
     DeliveryResult,
     EmailOutcome,
@@ -31,6 +43,8 @@ from models.notifications import (
     WebhookDelivery,
     format_amount,
 )
+
+INLINE_PAUSE_SECONDS = 30.0
 
 
 def customer_message(event: PlatformEvent) -> tuple[str, str]:
@@ -67,12 +81,16 @@ class NotifyActivities:
         sender: WebhookSender,
         notifier: Notifier,
         addresses: MailAddresses,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._events = events
         self._sender = sender
         self._notifier = notifier
         self._addresses = addresses
+        self._clock = clock
+        self._inline_paused_until = 0.0
 
     @activity.defn(name=RECORD_EVENT)
     async def record_event(self, event: PlatformEvent) -> RecordedEvent:
@@ -130,6 +148,21 @@ class NotifyActivities:
 
     @activity.defn(name=EMAIL_CUSTOMER)
     def email_customer(self, event: PlatformEvent) -> EmailOutcome:
+        inline = activity.info().is_local
+        if inline and self._clock() < self._inline_paused_until:
+            raise ApplicationError(
+                "an inline mail failed moments ago: this one goes to durable delivery",
+                type=INLINE_MAIL_PAUSED,
+                non_retryable=True,
+            )
+        try:
+            return self._email_customer(event)
+        except Exception:
+            if inline:
+                self._inline_paused_until = self._clock() + INLINE_PAUSE_SECONDS
+            raise
+
+    def _email_customer(self, event: PlatformEvent) -> EmailOutcome:
         if event.customer_id is None:
             return EmailOutcome(status="no_address", error="the event concerns no customer")
         # A customer Keycloak does not know, or one without an address, gets no mail; an

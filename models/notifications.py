@@ -39,6 +39,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
 ENDPOINT_GONE = "EndpointGone"  # the receiver answered 410: the endpoint is now disabled
 ENDPOINT_DISABLED = "EndpointDisabled"  # deleted or disabled before this attempt
 FINAL_DELIVERY_ERRORS = (ENDPOINT_GONE, ENDPOINT_DISABLED)
+# A payment's inline mail gave up at once, as one just failed (activities/notify.py).
+INLINE_MAIL_PAUSED = "InlineMailPaused"
 
 
 def event_id(*parts: str) -> str:

@@ -66,6 +66,11 @@ WEBHOOK_ATTEMPT_TIMEOUT = timedelta(seconds=30)
 QUICK_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
 )
+# A payment's inline mail: one attempt, as it holds the payment's workflow task (and one of
+# the worker's slots for them) open; a failed one is retried by an EventDeliveryWorkflow.
+# Bounded by attempts: the SDK did not end a local activity's retries at its
+# schedule-to-close timeout (a one-minute one kept retrying for minutes).
+INLINE_MAIL_RETRY = RetryPolicy(maximum_attempts=1)
 # Our own database, SMTP relay and Keycloak: the same patience as a receiver's.
 LOCAL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(hours=1)
@@ -152,7 +157,7 @@ async def announce(event: PlatformEvent, recorded: RecordedEvent | None = None) 
     that recorded the event with its own final write passes what that returned
     (``recorded``), and the record step is skipped. Only what may need hours or days of
     retries gets an ``EventDeliveryWorkflow`` of its own (started abandoned, one per event
-    id): webhooks to the app's endpoints, and a mail that could not be sent within a minute.
+    id): webhooks to the app's endpoints, and a mail whose one inline attempt failed.
     """
     if recorded is None:
         recorded = await workflow.execute_local_activity(
@@ -170,8 +175,7 @@ async def announce(event: PlatformEvent, recorded: RecordedEvent | None = None) 
                 event,
                 result_type=EmailOutcome,
                 start_to_close_timeout=timedelta(seconds=15),
-                schedule_to_close_timeout=timedelta(minutes=1),
-                retry_policy=QUICK_RETRY,
+                retry_policy=INLINE_MAIL_RETRY,
             )
             mailed = True
         except (ActivityError, ApplicationError) as exc:

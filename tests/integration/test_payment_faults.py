@@ -1,11 +1,12 @@
 """Payments survive faults: a worker killed with SIGKILL at random moments, a Temporal server
 restarted mid-run, PostgreSQL restarted mid-run. Whatever happens, every payment ends in a
 terminal status, the gateway charged each payment at most once (exactly once if it
-succeeded), every ledger leg was posted once, and the trial balance is zero.
+succeeded), every ledger leg was posted once, and the trial balance is zero. A mail relay
+that is down delays the customers' mails, not the payments.
 
-Runs last (marker ``lifecycle``): it kills the stack's worker and restarts Temporal and
-PostgreSQL. The kill moments come from a seeded random generator; the seed and the moments
-are printed so a failing run can be repeated (``BFC_FAULT_SEED``).
+Runs last (marker ``lifecycle``): it kills the stack's worker and restarts Temporal,
+PostgreSQL and the SMTP sink. The kill moments come from a seeded random generator; the seed
+and the moments are printed so a failing run can be repeated (``BFC_FAULT_SEED``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client
 
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings
 from infra.stack.launcher import Stack
+from models.notifications import event_id
 from tests.helpers.logins import Logins
 from tests.helpers.payments import GatewayView, available, open_wallet, pay, wait_for
 
@@ -271,3 +274,40 @@ async def test_payments_survive_a_postgres_restart(
         await ledger.close()
         await pool.close()
     assert await available(api, alice_h, alice) == before + change
+
+
+async def test_payments_keep_flowing_while_the_mail_relay_is_down(
+    stack: Stack, api: httpx.AsyncClient, logins: Logins, temporal: Client
+) -> None:
+    alice_h, alice, bob, _ = await _funded_wallets(api, logins)
+    body = {
+        "kind": "transfer",
+        "source_account_id": alice,
+        "destination_account_id": bob,
+        "amount": 1,
+        "currency": CURRENCY,
+    }
+    await asyncio.to_thread(stack.down, ("smtp",))
+    try:
+        # More payments than the worker has workflow-task slots (100). Before, each one held
+        # a slot retrying its mail, and the payments after them waited in `processing`.
+        started = [await pay(api, alice_h, body) for _ in range(110)]
+        final = [await wait_for(api, alice_h, p["id"]) for p in started]
+        assert {p["status"] for p in final} == {"succeeded"}
+        # And every saga ended: none is left holding a slot for its mail.
+        handles = [temporal.get_workflow_handle(p["id"]) for p in started]
+        results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
+        assert {r["status"] for r in results} == {"succeeded"}
+    finally:
+        await asyncio.to_thread(stack.up, ("smtp",))
+
+    # Each mail went to its EventDeliveryWorkflow, which sends it once the relay is back.
+    wanted = {event_id(p["id"], "payment.succeeded") for p in started}
+    deadline = time.monotonic() + 90
+    while True:
+        mails = "\n".join(m.read_text() for m in stack.smtp.mailbox.glob("*.eml"))
+        missing = {e for e in wanted if e not in mails}
+        if not missing or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    assert missing == set(), f"{len(missing)} of {len(wanted)} mails never arrived"

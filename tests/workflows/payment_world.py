@@ -326,6 +326,9 @@ class World:
     events: list[PlatformEvent] = field(default_factory=list)
     endpoints: list[str] = field(default_factory=lambda: ["we_shop"])
     mailed: list[str] = field(default_factory=list)  # event ids
+    # When set, every attempt to mail fails as a relay that is down would.
+    mail_down: bool = False
+    mail_attempts: int = 0
 
     # ---- activities, replaced by name --------------------------------------------------
 
@@ -409,6 +412,9 @@ class World:
 
     @activity.defn(name=EMAIL_CUSTOMER)
     async def email_customer(self, event: PlatformEvent) -> EmailOutcome:
+        self.mail_attempts += 1
+        if self.mail_down:
+            raise ApplicationError("connection refused by the mail relay", type="MailFailed")
         self.mailed.append(event.id)
         return EmailOutcome("sent")
 
@@ -475,6 +481,15 @@ class World:
     async def announced(self, handle: WorkflowHandle[Any, Any]) -> list[PlatformEvent]:
         """The events the saga announced (recorded by ``record_event``), after checking that
         each was mailed and handed, once, to EventDeliveryWorkflow for the app's webhooks."""
+        handed = await self.handed_to_delivery(handle)
+        recorded = [(e.id, e.type) for e in self.events]
+        if self.endpoints:
+            assert [(e.id, e.type) for e in handed] == recorded
+        assert self.mailed == [e.id for e in self.events if e.customer_id is not None]
+        return list(self.events)
+
+    async def handed_to_delivery(self, handle: WorkflowHandle[Any, Any]) -> list[PlatformEvent]:
+        """The events the saga started an EventDeliveryWorkflow (the stand-in) with."""
         handed = []
         async for e in handle.fetch_history_events():
             if e.event_type != EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
@@ -485,11 +500,7 @@ class World:
                     attrs.workflow_id, result_type=PlatformEvent
                 )
                 handed.append(await child.result())
-        recorded = [(e.id, e.type) for e in self.events]
-        if self.endpoints:
-            assert [(e.id, e.type) for e in handed] == recorded
-        assert self.mailed == [e.id for e in self.events if e.customer_id is not None]
-        return list(self.events)
+        return handed
 
     async def status_attribute(self, handle: WorkflowHandle[Any, Any]) -> str | None:
         return (await handle.describe()).typed_search_attributes.get(STATUS)

@@ -136,6 +136,21 @@ async def test_a_topup_holds_charges_the_card_and_posts(world: World) -> None:
     assert await world.status_attribute(handle) == "succeeded"
 
 
+async def test_a_mail_that_fails_inline_is_handed_to_delivery_and_the_payment_ends(
+    world: World,
+) -> None:
+    # The inline mail holds the payment's workflow task: one attempt, then the delivery
+    # workflow's durable retries take it, so a relay that is down cannot keep payments open.
+    world.mail_down = True
+    handle = await world.start(transfer(amount=1_000))
+    await asyncio.wait_for(handle.result(), timeout=10)
+
+    assert world.mail_attempts == 1
+    [handed] = await world.handed_to_delivery(handle)
+    assert handed.type == "payment.succeeded"
+    assert handed.customer_id is not None  # the mail goes with it, to be sent from there
+
+
 async def test_a_transfer_moves_money_between_wallets_without_the_gateway(world: World) -> None:
     p = transfer(amount=7_000)
     handle = await world.start(p)

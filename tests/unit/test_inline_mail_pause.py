@@ -1,0 +1,118 @@
+"""A payment's inline mail gives up at once for a while after one failed, so a relay that is
+down cannot hold every payment's workflow task; the durable delivery never pauses."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.notify import INLINE_PAUSE_SECONDS, NotifyActivities
+from infra.identity import MailAddresses
+from models.notifications import INLINE_MAIL_PAUSED, PlatformEvent
+
+
+class Relay:
+    """Stands in for the SMTP notifier: down or up, and what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.attempts: list[str] = []
+
+    def send(self, *, to: list[str], subject: str, body: str, message_id: str) -> None:
+        self.attempts.append(message_id)
+        if self.down:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+
+class SentMarks:
+    def __init__(self) -> None:
+        self.sent: set[str] = set()
+
+    def mail_sent(self, event_id: str) -> bool:
+        return event_id in self.sent
+
+    def mark_mail_sent(self, event_id: str, *, message_id: str) -> None:
+        self.sent.add(event_id)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _event(n: int) -> PlatformEvent:
+    return PlatformEvent(
+        id=f"evt_{n}",
+        type="payment.succeeded",
+        created_at="2026-11-26T12:00:00+00:00",
+        client_id=None,
+        customer_id="cus_1",
+        data={"id": f"pay_{n}", "amount": 100, "currency": "EUR", "status": "succeeded"},
+    )
+
+
+@pytest.fixture
+def relay() -> Relay:
+    return Relay()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def activities(relay: Relay, clock: Clock) -> NotifyActivities:
+    unused: Any = None
+    return NotifyActivities(
+        SentMarks(),  # type: ignore[arg-type]
+        unused,
+        unused,
+        relay,  # type: ignore[arg-type]
+        MailAddresses(lambda customer: "alice@dev.bfc.test"),
+        clock=clock,
+    )
+
+
+def _environment(*, local: bool) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, is_local=local)
+    return env
+
+
+def test_after_an_inline_failure_the_next_inline_mails_give_up_without_trying(
+    activities: NotifyActivities, relay: Relay, clock: Clock
+) -> None:
+    inline = _environment(local=True)
+    with pytest.raises(ConnectionRefusedError):
+        inline.run(activities.email_customer, _event(1))
+    for n in (2, 3):
+        with pytest.raises(ApplicationError) as paused:
+            inline.run(activities.email_customer, _event(n))
+        assert paused.value.type == INLINE_MAIL_PAUSED
+        assert paused.value.non_retryable
+    assert relay.attempts == ["evt_1.customer"]  # the relay was asked once
+
+    # The durable delivery (a regular activity) still tries, and sends once the relay is back.
+    relay.down = False
+    assert _environment(local=False).run(activities.email_customer, _event(2)).status == "sent"
+    # Inline tries again once the pause is over.
+    clock.now += INLINE_PAUSE_SECONDS
+    assert inline.run(activities.email_customer, _event(3)).status == "sent"
+    assert relay.attempts == ["evt_1.customer", "evt_2.customer", "evt_3.customer"]
+
+
+def test_a_failing_durable_delivery_does_not_pause_the_inline_mails(
+    activities: NotifyActivities, relay: Relay
+) -> None:
+    with pytest.raises(ConnectionRefusedError):
+        _environment(local=False).run(activities.email_customer, _event(1))
+    relay.down = False
+    assert _environment(local=True).run(activities.email_customer, _event(2)).status == "sent"
