@@ -36,6 +36,7 @@ from api.deps import (
     temporal_or_503,
 )
 from api.errors import ProblemError
+from api.workflow_calls import live_view
 from infra.onboarding_store import OnboardingStore, StoredApplication
 from models.contracts import Address, PersonalData
 from models.ids import new_id
@@ -163,13 +164,9 @@ def _view(
 async def _live(client: Client | None, application: StoredApplication) -> OnboardingState | None:
     if client is None or application.status in TERMINAL_ONBOARDING:
         return None
-    try:
-        state: OnboardingState = await client.get_workflow_handle(application.id).query(
-            GET_APPLICATION_QUERY, result_type=OnboardingState
-        )
-    except RPCError:
-        return None
-    return state
+    return await live_view(
+        client.get_workflow_handle(application.id), GET_APPLICATION_QUERY, OnboardingState
+    )
 
 
 async def _start(client: Client, application: StoredApplication, task_queue: str) -> None:

@@ -34,6 +34,7 @@ from api.deps import (
 )
 from api.errors import ProblemError, invalid_fields
 from api.payment_starter import SagaStarter, payment_search_attributes, start_once
+from api.workflow_calls import live_view, update
 from infra.payment_store import NewPayment, PaymentStore, StoredPayment, StoredRefund
 from models.ids import new_id
 from models.ledger import Account
@@ -234,13 +235,9 @@ async def _live(client: Client | None, payment: StoredPayment) -> PaymentState |
     """The saga's own view while it runs (status, timeline, what it waits for)."""
     if client is None or payment.status in TERMINAL_STATUSES:
         return None
-    try:
-        state: PaymentState = await client.get_workflow_handle(payment.id).query(
-            "get_payment", result_type=PaymentState
-        )
-    except RPCError:
-        return None  # the table's view is still a true one, only older
-    return state
+    # None when the saga does not answer promptly: the table's view is still a true one,
+    # only older.
+    return await live_view(client.get_workflow_handle(payment.id), "get_payment", PaymentState)
 
 
 @router.get("/{payment_id}", response_model=PaymentPublic)
@@ -300,8 +297,8 @@ async def cancel_payment(
     if payment.saga_started_at is None and not await _starter(request).start(payment):
         raise temporal_unavailable()
     try:
-        state: PaymentState = await client.get_workflow_handle(payment_id).execute_update(
-            "cancel", result_type=PaymentState
+        state = await update(
+            client.get_workflow_handle(payment_id), "cancel", result_type=PaymentState
         )
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause

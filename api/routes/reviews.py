@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.auth import Principal, require_role
 from api.deps import TemporalClientDep, temporal_or_503
 from api.errors import ProblemError
+from api.workflow_calls import ask, update
 from models.review import REVIEW_WORKFLOW, Actor, AssignInput, DecideInput, ReviewState
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
@@ -118,7 +119,7 @@ async def _case(client: Client, review_id: str) -> ReviewState:
         description = await handle.describe()
         if description.workflow_type != REVIEW_WORKFLOW:
             raise ProblemError(404, "review_not_found", "No such review", review_id)
-        state: ReviewState = await handle.query("get_case", result_type=ReviewState)
+        state = await ask(handle, "get_case", ReviewState)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise ProblemError(404, "review_not_found", "No such review", review_id) from exc
@@ -138,7 +139,7 @@ async def _update(
     await _case(client, review_id)  # 404 before anything else
     handle = client.get_workflow_handle(review_id)
     try:
-        state: ReviewState = await handle.execute_update(name, arg, id=key, result_type=ReviewState)
+        state = await update(handle, name, arg, update_id=key, result_type=ReviewState)
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         if isinstance(cause, ApplicationError) and cause.type in _REFUSALS:

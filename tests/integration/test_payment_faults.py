@@ -311,3 +311,68 @@ async def test_payments_keep_flowing_while_the_mail_relay_is_down(
             break
         await asyncio.sleep(1)
     assert missing == set(), f"{len(missing)} of {len(wanted)} mails never arrived"
+
+
+async def test_reads_and_changes_do_not_hang_while_the_worker_is_down(
+    stack: Stack, api: httpx.AsyncClient, logins: Logins
+) -> None:
+    alice_h, carol_h = logins.headers("alice"), logins.headers("carol")
+    alice = await open_wallet(api, alice_h, CURRENCY)
+    # A case that only the review workflow knows, open before the worker goes.
+    large = {
+        "kind": "topup",
+        "destination_account_id": alice,
+        "amount": 100_000,
+        "currency": CURRENCY,
+        "payment_method": "pm_card_visa",
+    }
+    in_review = await wait_for(api, alice_h, (await pay(api, alice_h, large))["id"], {"in_review"})
+
+    async def timed(call: Any) -> tuple[httpx.Response, float]:
+        t0 = time.monotonic()
+        # Bounded here too, so that a call that hangs fails the test instead of stalling it.
+        response = await asyncio.wait_for(call, 45)
+        return response, time.monotonic() - t0
+
+    await asyncio.to_thread(stack.down, ("worker",))
+    try:
+        payment = await pay(
+            api,
+            alice_h,
+            {
+                "kind": "topup",
+                "destination_account_id": alice,
+                "amount": 300,
+                "currency": CURRENCY,
+                "payment_method": "pm_card_visa",
+            },
+        )
+        # A read falls back to the table's view after a second (it took Temporal's 30 s).
+        read, took = await timed(api.get(f"/v1/payments/{payment['id']}", headers=alice_h))
+        assert (read.status_code, read.json()["status"]) == (200, "processing")
+        assert took < 5, took
+        # A read only the workflow can answer, and changes: 503 after the bound (they hung).
+        for call in (
+            api.get(f"/v1/reviews/{in_review['review_id']}", headers=carol_h),
+            api.post(f"/v1/payments/{payment['id']}/cancel", headers=alice_h),
+        ):
+            answer, took = await timed(call)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "workflow_unavailable"
+            assert answer.headers["Retry-After"]
+            assert took < 15, took
+    finally:
+        await asyncio.to_thread(stack.up, ("worker",))
+
+    # The cancel was admitted: once a worker takes it, it is applied (or the saga had passed
+    # the point of no return); either way the payment ends, and its money agrees.
+    final = await wait_for(api, alice_h, payment["id"], timeout=60)
+    assert final["status"] in {"canceled", "succeeded"}, final
+    decided = await api.post(
+        f"/v1/reviews/{in_review['review_id']}/decision",
+        json={"decision": "reject", "reason": "test case, closed after the outage"},
+        headers={**carol_h, "Idempotency-Key": f"after-outage-{in_review['id']}"},
+    )
+    assert decided.status_code == 200, decided.text
+    ended = await wait_for(api, alice_h, in_review["id"], timeout=60)
+    assert (ended["status"], ended["decline_code"]) == ("declined", "review_rejected")
