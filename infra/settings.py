@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     # accepted only while this is true: the dev stack's receivers listen on loopback without
     # TLS; set BFC_WEBHOOKS_ALLOW_HTTP=false in production so only https:// registers.
     webhooks_allow_http: bool = True
+    # Endpoints on private, loopback or link-local addresses (infra/webhook_destinations.py)
+    # are allowed only while this is true, for the same dev receivers; set
+    # BFC_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES=false in production, so apps cannot point our
+    # signed requests at internal services.
+    webhooks_allow_private_addresses: bool = True
     # Per attempt: a receiver slower than this counts as failed and is retried with backoff.
     webhook_timeout_seconds: float = 10.0
 

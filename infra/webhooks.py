@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from infra.settings import Settings
+from infra.webhook_destinations import Resolver, pinned, resolve
 
 SIGNATURE_HEADER = "BFC-Signature"
 EVENT_ID_HEADER = "BFC-Event-Id"
@@ -118,6 +119,11 @@ class EndpointGone(WebhookFailed):
     """410 Gone: the receiver asks us to stop sending to this endpoint."""
 
 
+class DestinationRefused(WebhookFailed):
+    """The endpoint's name resolves to an address that is not public (private, loopback,
+    link-local, …) while the deployment allows public ones only: nothing was sent."""
+
+
 @dataclass(frozen=True)
 class Accepted:
     status_code: int
@@ -141,10 +147,14 @@ class WebhookSender:
         signing_secret: str,
         *,
         clock: Callable[[], float] = time.time,
+        allow_private_addresses: bool = True,
+        resolver: Resolver = resolve,
     ) -> None:
         self._client = client
         self._secret = signing_secret
         self._clock = clock
+        self._allow_private = allow_private_addresses
+        self._resolve = resolver
 
     async def send(self, *, url: str, event_id: str, event_type: str, body: bytes) -> Accepted:
         """POST one signed event; ``Accepted`` on 2xx, else raise ``WebhookFailed``."""
@@ -156,10 +166,27 @@ class WebhookSender:
             EVENT_ID_HEADER: event_id,
             EVENT_TYPE_HEADER: event_type,
         }
+        target = httpx.URL(url)
+        extensions: dict[str, Any] = {}
+        if not self._allow_private:
+            named = target
+            try:
+                target, host_header, _ = await pinned(named, self._resolve)
+            except LookupError as exc:
+                raise DestinationRefused(str(exc), status_code=None) from exc
+            except OSError as exc:  # the name does not resolve (now): retried
+                raise WebhookFailed(
+                    f"{named.host} does not resolve: {exc}", status_code=None
+                ) from exc
+            headers.update(host_header)
+            if target.scheme == "https":
+                extensions["sni_hostname"] = named.host  # the certificate is checked for the name
         try:
             # Streamed: a receiver's answer body is read only as far as an error excerpt
             # needs, however much it sends.
-            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            async with self._client.stream(
+                "POST", target, content=body, headers=headers, extensions=extensions
+            ) as response:
                 status = response.status_code
                 excerpt = b""
                 if not response.is_success:

@@ -121,7 +121,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     notify = NotifyActivities(
         WebhookStore(engine),
         EventLog(ledger_pool),
-        WebhookSender(webhook_http, secrets["webhooks"]["signing_secret"]),
+        WebhookSender(
+            webhook_http,
+            secrets["webhooks"]["signing_secret"],
+            allow_private_addresses=settings.webhooks_allow_private_addresses,
+        ),
         Notifier(settings),
         MailAddresses(directory.mail_address),
     )

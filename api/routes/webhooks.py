@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, Response, status
 from api.auth import Principal, require_role
 from api.deps import EngineDep, SettingsDep
 from api.errors import ProblemError, invalid_fields
+from infra.webhook_destinations import url_host_problem
 from infra.webhook_store import WebhookStore
 from models.notifications import EVENT_TYPES
 from models.webhook_schemas import (
@@ -50,7 +51,7 @@ def _client_of(principal: Principal) -> str:
     return principal.client_id
 
 
-def url_problem(url: str, *, allow_http: bool) -> str | None:
+def url_problem(url: str, *, allow_http: bool, allow_private: bool = True) -> str | None:
     """Why ``url`` cannot receive webhooks, or None when it can."""
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         return "the URL contains whitespace or control characters"
@@ -72,7 +73,10 @@ def url_problem(url: str, *, allow_http: bool) -> str | None:
         ),
         (not parts.fragment, "the URL must not have a fragment"),
     ]
-    return next((message for ok, message in rules if not ok), None)
+    problem = next((message for ok, message in rules if not ok), None)
+    if problem is None and not allow_private:
+        problem = url_host_problem(url)
+    return problem
 
 
 def _invalid(errors: list[dict[str, str]]) -> ProblemError:
@@ -89,7 +93,11 @@ async def create_webhook_endpoint(
     """Register an endpoint that receives the chosen event types, signed."""
     client_id = _client_of(principal)
     errors: list[dict[str, Any]] = []
-    problem = url_problem(body.url, allow_http=settings.webhooks_allow_http)
+    problem = url_problem(
+        body.url,
+        allow_http=settings.webhooks_allow_http,
+        allow_private=settings.webhooks_allow_private_addresses,
+    )
     if problem is not None:
         errors.append({"field": "url", "code": "invalid_url", "message": problem})
     for index, event_type in enumerate(body.event_types):

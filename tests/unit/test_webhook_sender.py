@@ -1,8 +1,10 @@
 """The webhook sender against a fake receiver (httpx.MockTransport), the endpoint URL rules,
-and the customer mail's wording."""
+where webhooks may go when only public addresses are allowed, and the customer mail's
+wording."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
@@ -11,6 +13,7 @@ import pytest
 from activities.notify import customer_message
 from api.routes.webhooks import url_problem
 from infra.webhooks import (
+    DestinationRefused,
     EndpointGone,
     WebhookFailed,
     WebhookSender,
@@ -98,6 +101,97 @@ def test_endpoint_url_rules(url: str, allow_http: bool, problem: str | None) -> 
         assert found is None
     else:
         assert found is not None and problem in found
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://93.184.216.34/hooks", None),
+        ("https://hooks.example/hooks", None),  # a name: checked when sending
+        ("https://127.0.0.1/hooks", "not 127.0.0.1"),
+        ("https://[::1]:8443/hooks", "not ::1"),
+        ("https://[::ffff:127.0.0.1]/hooks", "not ::ffff:7f00:1"),  # loopback, IPv4-mapped
+        ("https://10.1.2.3/hooks", "not 10.1.2.3"),
+        ("https://192.168.0.10/hooks", "not 192.168.0.10"),
+        ("https://169.254.169.254/latest/meta-data", "not 169.254.169.254"),
+        ("https://100.64.0.1/hooks", "not 100.64.0.1"),
+        ("https://localhost:8200/v1/sys", "not localhost"),
+    ],
+)
+def test_only_public_addresses_register_when_private_ones_are_not_allowed(
+    url: str, problem: str | None
+) -> None:
+    found = url_problem(url, allow_http=False, allow_private=False)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+    assert url_problem(url, allow_http=False, allow_private=True) is None
+
+
+def public_only(handler, addresses: dict[str, list[str]]) -> WebhookSender:
+    async def resolver(host: str, port: int) -> list[str]:
+        if host not in addresses:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return addresses[host]
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return WebhookSender(
+        client, SECRET, clock=lambda: NOW, allow_private_addresses=False, resolver=resolver
+    )
+
+
+async def test_a_public_only_sender_connects_to_the_address_it_checked() -> None:
+    seen: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    sender_ = public_only(receiver, {"hooks.example": ["93.184.216.34"]})
+    await sender_.send(
+        url="https://hooks.example:8443/in?x=1", event_id="e", event_type="t", body=BODY
+    )
+    (request,) = seen
+    # Pinned to the checked address; still addressed to the name, its certificate checked
+    # against the name, and signed as usual.
+    assert (request.url.host, request.url.port, request.url.path) == ("93.184.216.34", 8443, "/in")
+    assert request.headers["Host"] == "hooks.example:8443"
+    assert request.extensions["sni_hostname"] == "hooks.example"
+    verify(SECRET, request.headers["BFC-Signature"], request.content, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [["10.0.0.7"], ["93.184.216.34", "127.0.0.1"], ["fd00::1"], ["169.254.169.254"]],
+)
+async def test_a_public_only_sender_refuses_a_name_with_any_private_address(
+    addresses: list[str],
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    sender_ = public_only(receiver, {"in.example": addresses})
+    with pytest.raises(DestinationRefused, match="non-public"):
+        await sender_.send(url="https://in.example/", event_id="e", event_type="t", body=BODY)
+    assert seen == []  # nothing left the building
+
+
+async def test_a_name_that_does_not_resolve_is_a_failure_to_retry_not_a_refusal() -> None:
+    sender_ = public_only(lambda _: httpx.Response(200), {})
+    with pytest.raises(WebhookFailed) as failed:
+        await sender_.send(url="https://gone.example/", event_id="e", event_type="t", body=BODY)
+    assert not isinstance(failed.value, DestinationRefused)
+
+
+async def test_the_real_resolver_refuses_localhost() -> None:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(200)))
+    sender_ = WebhookSender(client, SECRET, allow_private_addresses=False)
+    with pytest.raises(DestinationRefused):
+        await sender_.send(url="http://localhost:8200/", event_id="e", event_type="t", body=BODY)
 
 
 def test_event_ids_are_deterministic_per_business_fact() -> None:
