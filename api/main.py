@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.body_limit import LimitRequestBodies
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
 from api.nul_guard import RefuseNulCharacters
@@ -94,8 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Payments, onboarding and compliance review over Temporal workflows.",
     )
     install_problem_handlers(app)
-    # Added first, so it runs inside CORS: its refusals carry the CORS headers too.
+    # The last added runs first: CORS, then the body bound, then the NUL check (which may
+    # read a body, so it runs inside the bound); refusals carry the CORS headers too.
     app.add_middleware(RefuseNulCharacters)
+    app.add_middleware(LimitRequestBodies)
     origins = codec_origins(settings)
     app.add_middleware(CodecCORS, origins=origins)
     app.include_router(health.router)

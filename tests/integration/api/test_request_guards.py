@@ -1,7 +1,9 @@
-"""A NUL character (U+0000) anywhere in a request is a 422 naming the field, on every route.
+"""What every route refuses before it runs: a NUL character (U+0000) anywhere in a request
+is a 422 naming the field, and a body over the bound is a 413.
 
-PostgreSQL's text cannot hold one: before the guard, a NUL in a payment id, a query filter or
-an operator's reason reached a query and came back as a 500.
+PostgreSQL's text cannot hold a NUL: before the guard, a NUL in a payment id, a query
+filter or an operator's reason reached a query and came back as a 500. Before the bound,
+the one route without a token (the KYC provider's callbacks) read any body whole.
 """
 
 from __future__ import annotations
@@ -74,3 +76,11 @@ async def test_a_nul_in_an_operators_reason_writes_nothing(
     )
     assert fixed.status_code == 201, fixed.text
     assert "Idempotent-Replayed" not in fixed.headers
+
+
+async def test_an_unsigned_callback_too_large_to_read_is_a_413(api: httpx.AsyncClient) -> None:
+    huge = await api.post("/v1/kyc/callbacks", content=b"{" + b" " * (2 * 1024 * 1024) + b"}")
+    assert huge.status_code == 413
+    assert huge.json()["code"] == "payload_too_large"
+    small = await api.post("/v1/kyc/callbacks", content=b"{}")
+    assert small.status_code == 401  # within the bound, the signature check answers
