@@ -121,10 +121,15 @@ class NotifyActivities:
         body = event_body(
             event_id=event.id, event_type=event.type, created_at=event.created_at, data=event.data
         )
+        secret = await asyncio.to_thread(store.signing_secret, endpoint)
         failure: WebhookFailed | None = None
         try:
             accepted = await self._sender.send(
-                url=endpoint.url, event_id=event.id, event_type=event.type, body=body
+                url=endpoint.url,
+                event_id=event.id,
+                event_type=event.type,
+                body=body,
+                secret=secret,
             )
             status_code: int | None = accepted.status_code
         except WebhookFailed as exc:

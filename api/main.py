@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             print(f"api: {exc}", file=sys.stderr)  # noqa: T201
             raise SystemExit(1) from None
         cipher = EnvelopeCipher(vault, settings)
+        app.state.cipher = cipher
         app.state.session_key = platform_secrets["api"]["session_signing_key"].encode()
         app.state.codec_origins = origins
         app.state.payload_codec = EnvelopePayloadCodec(cipher)

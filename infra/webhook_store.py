@@ -34,6 +34,7 @@ from sqlalchemy.engine import RowMapping
 from sqlmodel import Session
 
 from infra.audit import record_audit_event
+from infra.envelope import EnvelopeCipher
 from models.ids import new_id
 from models.notifications import DeliveryAttempt, PlatformEvent, WebhookEndpoint
 
@@ -52,6 +53,7 @@ webhook_endpoints = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("created_by", String(64), nullable=False),
     Column("deleted_at", DateTime(timezone=True), nullable=True),
+    Column("signing_secret", Text, nullable=True),  # an envelope (0008)
 )
 
 events = Table(
@@ -100,6 +102,7 @@ def _endpoint(row: RowMapping) -> WebhookEndpoint:
         created_at=row["created_at"],
         created_by=row["created_by"],
         deleted=row["deleted_at"] is not None,
+        signing_secret=row["signing_secret"],
     )
 
 
@@ -115,14 +118,23 @@ def _attempt(row: RowMapping) -> DeliveryAttempt:
 
 
 class WebhookStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cipher: EnvelopeCipher) -> None:
         self._engine = engine
+        self._cipher = cipher
 
     # -- endpoints (the API) ----------------------------------------------------------------
     def add_endpoint(
-        self, *, client_id: str, url: str, event_types: list[str], created_by: str
+        self,
+        *,
+        client_id: str,
+        url: str,
+        event_types: list[str],
+        created_by: str,
+        signing_secret: str,
     ) -> WebhookEndpoint:
+        """Register an endpoint; ``signing_secret`` is kept only as an envelope."""
         endpoint_id = new_id("we")
+        sealed = self._cipher.encrypt(signing_secret.encode()).decode()
         with Session(self._engine) as session:
             row = (
                 session.connection()
@@ -135,6 +147,7 @@ class WebhookStore:
                         event_types=event_types,
                         enabled=True,
                         created_by=created_by,
+                        signing_secret=sealed,
                     )
                     .returning(*webhook_endpoints.c)
                 )
@@ -188,6 +201,13 @@ class WebhookStore:
             )
             session.commit()
         return True
+
+    def signing_secret(self, endpoint: WebhookEndpoint) -> str | None:
+        """The endpoint's own secret in the clear, or None when it has none (registered
+        before endpoints had one)."""
+        if endpoint.signing_secret is None:
+            return None
+        return self._cipher.decrypt(endpoint.signing_secret.encode()).decode()
 
     def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
         statement = select(webhook_endpoints).where(webhook_endpoints.c.id == endpoint_id)

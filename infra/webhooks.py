@@ -9,7 +9,10 @@ Every request carries::
 A receiver recomputes the HMAC over the raw body it received (before parsing it) with the
 signing secret and compares in constant time; the timestamp is signed too, so a captured
 request cannot be replayed after the tolerance (five minutes). ``verify`` does exactly
-that, for receivers and for our tests. The secret is Vault's ``webhooks.signing_secret``.
+that, for receivers and for our tests. Each endpoint has a secret of its own
+(``new_signing_secret``), shown to its app once at registration, so no app holds a key to
+another app's webhooks; an endpoint registered before that is signed with the platform's
+secret, Vault's ``webhooks.signing_secret``.
 
 The sender raises on anything but a 2xx answer so that Temporal retries the activity with
 backoff; a 410 Gone means the receiver wants no more events (``EndpointGone``).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +50,12 @@ class InvalidSignature(Exception):
 def _digest(secret: str, timestamp: int, body: bytes) -> str:
     message = f"{timestamp}.".encode() + body
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def new_signing_secret() -> str:
+    """A fresh endpoint secret: 256 random bits, prefixed so it is recognisable in a
+    receiver's configuration (and by secret scanners)."""
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -156,13 +166,22 @@ class WebhookSender:
         self._allow_private = allow_private_addresses
         self._resolve = resolver
 
-    async def send(self, *, url: str, event_id: str, event_type: str, body: bytes) -> Accepted:
-        """POST one signed event; ``Accepted`` on 2xx, else raise ``WebhookFailed``."""
+    async def send(
+        self,
+        *,
+        url: str,
+        event_id: str,
+        event_type: str,
+        body: bytes,
+        secret: str | None = None,
+    ) -> Accepted:
+        """POST one event signed with ``secret`` (the endpoint's own; without one, the
+        platform's); ``Accepted`` on 2xx, else raise ``WebhookFailed``."""
         # Signed now, at each attempt: a retry hours later still arrives fresh.
         timestamp = int(self._clock())
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+            SIGNATURE_HEADER: sign(secret or self._secret, timestamp, body),
             EVENT_ID_HEADER: event_id,
             EVENT_TYPE_HEADER: event_type,
         }

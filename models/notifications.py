@@ -125,6 +125,9 @@ class WebhookEndpoint:
     created_at: datetime
     created_by: str  # subject of the caller that registered it
     deleted: bool = False
+    # The endpoint's own signing secret as an envelope (never in the clear here); None for
+    # an endpoint registered before endpoints had one (signed with the platform's secret).
+    signing_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -45,5 +45,12 @@ class WebhookEndpointPublic(BaseModel):
         )
 
 
+class WebhookEndpointCreated(WebhookEndpointPublic):
+    """The answer to a registration: the endpoint, with its signing secret, shown this once
+    (it is kept only encrypted; an app that loses it registers the endpoint again)."""
+
+    secret: str
+
+
 class WebhookEndpointList(BaseModel):
     data: list[WebhookEndpointPublic]

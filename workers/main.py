@@ -119,7 +119,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     identity = IdentityActivities(directory, engine)
     webhook_http = create_webhook_client(settings)
     notify = NotifyActivities(
-        WebhookStore(engine),
+        WebhookStore(engine, cipher),
         EventLog(ledger_pool),
         WebhookSender(
             webhook_http,

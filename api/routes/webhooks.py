@@ -8,6 +8,11 @@ URLs must be ``https://``; plain ``http://`` is accepted too while the setting
 ``webhooks_allow_http`` (``BFC_WEBHOOKS_ALLOW_HTTP``) is true, as it is by default for the
 local stack, whose receivers listen on loopback. Production sets it to false.
 
+Each endpoint is signed with a secret of its own, answered once at registration (``secret``,
+``whsec_…``) and kept only encrypted: no app can sign for another. With
+``webhooks_allow_private_addresses`` false (production), an endpoint must be on a public
+address (``infra/webhook_destinations.py``).
+
 A request that breaks one rule answers 422 with that rule's ``code`` (``invalid_url``,
 ``unknown_event_type``); one that breaks several answers ``validation_failed``. Either
 way ``errors`` lists every offending field with its own ``code``.
@@ -19,16 +24,18 @@ import asyncio
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from api.auth import Principal, require_role
 from api.deps import EngineDep, SettingsDep
 from api.errors import ProblemError, invalid_fields
 from infra.webhook_destinations import url_host_problem
 from infra.webhook_store import WebhookStore
+from infra.webhooks import new_signing_secret
 from models.notifications import EVENT_TYPES
 from models.webhook_schemas import (
     WebhookEndpointCreate,
+    WebhookEndpointCreated,
     WebhookEndpointList,
     WebhookEndpointPublic,
 )
@@ -38,8 +45,8 @@ router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
 AppPrincipal = Annotated[Principal, require_role("app")]
 
 
-async def get_webhook_store(engine: EngineDep) -> WebhookStore:
-    return WebhookStore(engine)
+async def get_webhook_store(engine: EngineDep, request: Request) -> WebhookStore:
+    return WebhookStore(engine, request.app.state.cipher)
 
 
 WebhookStoreDep = Annotated[WebhookStore, Depends(get_webhook_store)]
@@ -83,14 +90,15 @@ def _invalid(errors: list[dict[str, str]]) -> ProblemError:
     return invalid_fields(errors, errors[0]["code"] if len(errors) == 1 else "validation_failed")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookEndpointPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookEndpointCreated)
 async def create_webhook_endpoint(
     body: WebhookEndpointCreate,
     principal: AppPrincipal,
     store: WebhookStoreDep,
     settings: SettingsDep,
-) -> WebhookEndpointPublic:
-    """Register an endpoint that receives the chosen event types, signed."""
+) -> WebhookEndpointCreated:
+    """Register an endpoint that receives the chosen event types, signed with a secret of
+    its own: the answer's ``secret``, shown this once."""
     client_id = _client_of(principal)
     errors: list[dict[str, Any]] = []
     problem = url_problem(
@@ -111,6 +119,7 @@ async def create_webhook_endpoint(
             )
     if errors:
         raise _invalid(errors)
+    secret = new_signing_secret()
     endpoint = await asyncio.to_thread(
         store.add_endpoint,
         client_id=client_id,
@@ -118,8 +127,9 @@ async def create_webhook_endpoint(
         url=urlunsplit(urlsplit(body.url)),
         event_types=list(dict.fromkeys(body.event_types)),
         created_by=principal.subject,
+        signing_secret=secret,
     )
-    return WebhookEndpointPublic.of(endpoint)
+    return WebhookEndpointCreated(**WebhookEndpointPublic.of(endpoint).model_dump(), secret=secret)
 
 
 @router.get("", response_model=WebhookEndpointList)

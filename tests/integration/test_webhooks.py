@@ -20,12 +20,14 @@ import pytest
 from keycloak import KeycloakAdmin
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
+from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities
+from infra.envelope import EnvelopeCipher
 from infra.event_log import EventLog
 from infra.identity import IdentityDirectory, MailAddresses
 from infra.keycloak import client_credentials_login
@@ -34,7 +36,7 @@ from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.vault import SecretStore, connect_vault
 from infra.webhook_store import WebhookStore
-from infra.webhooks import WebhookSender, create_webhook_client, verify
+from infra.webhooks import InvalidSignature, WebhookSender, create_webhook_client, verify
 from models.notifications import (
     ENDPOINT_DISABLED,
     DeliverySummary,
@@ -43,6 +45,7 @@ from models.notifications import (
     event_id,
     payment_data,
 )
+from models.tables import AuditEvent
 from tests.helpers.logins import Logins
 from workflows.notification import EventDeliveryWorkflow
 
@@ -203,10 +206,11 @@ async def notify_queue(
     events: EventLog,
     signing_secret: str,
     directory: IdentityDirectory,
+    cipher: EnvelopeCipher,
 ) -> AsyncIterator[tuple[str, NotifyActivities]]:
     http = create_webhook_client(settings)
     activities = NotifyActivities(
-        WebhookStore(engine),
+        WebhookStore(engine, cipher),
         events,
         WebhookSender(http, signing_secret),
         Notifier(settings),
@@ -281,6 +285,7 @@ async def test_an_event_reaches_the_receiver_signed_and_the_customer_by_mail(
     directory: IdentityDirectory,
     signing_secret: str,
     unique: str,
+    cipher: EnvelopeCipher,
 ) -> None:
     queue, activities = notify_queue
     endpoint = await register(
@@ -298,8 +303,11 @@ async def test_an_event_reaches_the_receiver_signed_and_the_customer_by_mail(
         (endpoint["id"], "delivered", 1)
     ]
     (request,) = receiver.requests
-    assert_signed(request, signing_secret, event)
-    attempts = WebhookStore(engine).list_attempts(event.id)
+    # Signed with the endpoint's own secret, which no other key verifies.
+    assert_signed(request, endpoint["secret"], event)
+    with pytest.raises(InvalidSignature):
+        verify(signing_secret, request.headers["BFC-Signature"], request.body, now=time.time())
+    attempts = WebhookStore(engine, cipher).list_attempts(event.id)
     assert [(a.endpoint_id, a.attempt, a.status_code) for a in attempts] == [
         (endpoint["id"], 1, 200)
     ]
@@ -328,9 +336,12 @@ async def test_a_receiver_answering_500_gets_a_second_attempt_with_the_same_even
     engine: Engine,
     signing_secret: str,
     unique: str,
+    cipher: EnvelopeCipher,
 ) -> None:
     queue, _ = notify_queue
-    await register(api, endpoints, other_app.headers, receiver.url, ["payment.succeeded"])
+    endpoint = await register(
+        api, endpoints, other_app.headers, receiver.url, ["payment.succeeded"]
+    )
     receiver.answers = [500]
     event = an_event(other_app.client_id, None, unique)
 
@@ -340,8 +351,8 @@ async def test_a_receiver_answering_500_gets_a_second_attempt_with_the_same_even
     first, second = receiver.requests
     assert first.body == second.body
     for request in (first, second):
-        assert_signed(request, signing_secret, event)
-    attempts = WebhookStore(engine).list_attempts(event.id)
+        assert_signed(request, endpoint["secret"], event)
+    attempts = WebhookStore(engine, cipher).list_attempts(event.id)
     assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 200)]
     assert "500" in (attempts[0].error or "")
     assert summary.email is None  # no customer on this event
@@ -394,14 +405,18 @@ async def test_an_app_registers_lists_and_deletes_its_endpoints(
     assert response.status_code == 201, response.text
     created = response.json()
     endpoints.append((created["id"], app_headers))
-    assert set(created) == {"id", "url", "event_types", "enabled", "created_at"}
+    assert set(created) == {"id", "url", "event_types", "enabled", "created_at", "secret"}
     assert created["id"].startswith("we_")
     assert created["event_types"] == ["payment.refunded"]
     assert created["enabled"] is True
+    # Its own secret, shown this once; never the platform's.
+    secret = created.pop("secret")
+    assert secret.startswith("whsec_") and len(secret) > 40
     assert signing_secret not in response.text
 
     listed = (await api.get("/v1/webhook-endpoints", headers=app_headers)).json()["data"]
     assert created in listed
+    assert secret not in str(listed)
 
     gone = await api.delete(f"/v1/webhook-endpoints/{created['id']}", headers=app_headers)
     assert gone.status_code == 204
@@ -473,4 +488,31 @@ async def test_another_app_cannot_see_or_delete_your_endpoint(
     assert refused.json()["code"] == "webhook_endpoint_not_found"
 
     still = (await api.get("/v1/webhook-endpoints", headers=app_headers)).json()["data"]
-    assert mine in still
+    assert mine["id"] in {e["id"] for e in still}
+
+
+async def test_each_endpoint_has_its_own_secret_kept_only_encrypted(
+    api: httpx.AsyncClient,
+    endpoints: list[tuple[str, dict[str, str]]],
+    app_headers: dict[str, str],
+    other_app: App,
+    engine: Engine,
+    cipher: EnvelopeCipher,
+) -> None:
+    # With one platform-wide secret, any app that verifies its webhooks could sign for any
+    # other app. Two apps' endpoints (and two endpoints of one app) get different secrets.
+    mine = await register(api, endpoints, app_headers, "https://a.example/h", ["payment.failed"])
+    again = await register(api, endpoints, app_headers, "https://a.example/h", ["payment.failed"])
+    theirs = await register(
+        api, endpoints, other_app.headers, "https://b.example/h", ["payment.failed"]
+    )
+    assert len({mine["secret"], again["secret"], theirs["secret"]}) == 3
+
+    store = WebhookStore(engine, cipher)
+    stored = store.get_endpoint(theirs["id"])
+    assert stored is not None and stored.signing_secret is not None
+    assert theirs["secret"] not in stored.signing_secret  # an envelope, not the secret
+    assert store.signing_secret(stored) == theirs["secret"]
+    with Session(engine) as session:
+        trail = session.exec(select(AuditEvent).where(AuditEvent.subject == theirs["id"])).all()
+    assert trail and all(theirs["secret"] not in str(event.details) for event in trail)
