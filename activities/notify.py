@@ -8,16 +8,18 @@ id. ``email_customer`` looks up whether this event's mail went out before sendin
 A payment mails its customer inline: ``email_customer`` as a local activity, which holds
 the payment's workflow task open, and a worker has a bounded number of those
 (``max_concurrent_workflow_tasks``). A mail relay or Keycloak that is down or hangs must
-not hold them all: once an inline attempt fails, the inline attempts of the next
-``INLINE_PAUSE_SECONDS`` in this worker give up at once, and their mail goes to the
-EventDeliveryWorkflow's durable retries (regular activities, which never pause). Found
-with the SMTP sink stopped: 100 payments each held a task retrying its mail, and every
-later payment waited in ``processing`` until the relay came back.
+not hold them all (``InlineMailGate``): once an inline attempt fails, the inline attempts
+of the next ``INLINE_PAUSE_SECONDS`` in this worker give up at once, and their mail goes to
+the EventDeliveryWorkflow's durable retries (regular activities, which never pause); then
+one inline attempt at a time tries, until one gets through. Found with the SMTP sink
+stopped: 100 payments each held a task retrying its mail, and every later payment waited
+in ``processing`` until the relay came back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
@@ -45,6 +47,40 @@ from models.notifications import (
 )
 
 INLINE_PAUSE_SECONDS = 30.0
+
+
+class InlineMailGate:
+    """Whether an inline mail may try now: always, until one fails; then none for
+    ``pause`` seconds; then one at a time, until one succeeds. One at a time, as a relay
+    that hangs holds each attempt for its whole timeout: were every payment let through
+    when the pause ends, they would all wait on it together again. Any mail that goes out
+    (inline or durable) opens the gate. Thread-safe: sync activities run in an executor."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, pause: float = INLINE_PAUSE_SECONDS
+    ) -> None:
+        self._clock = clock
+        self._pause = pause
+        self._lock = threading.Lock()
+        self._closed_until: float | None = None  # None: open
+        self._probing = False
+
+    def admit(self) -> bool:
+        with self._lock:
+            if self._closed_until is None:
+                return True
+            if self._probing or self._clock() < self._closed_until:
+                return False
+            self._probing = True
+            return True
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._closed_until, self._probing = None, False
+
+    def failed(self) -> None:
+        with self._lock:
+            self._closed_until, self._probing = self._clock() + self._pause, False
 
 
 def customer_message(event: PlatformEvent) -> tuple[str, str]:
@@ -89,8 +125,7 @@ class NotifyActivities:
         self._sender = sender
         self._notifier = notifier
         self._addresses = addresses
-        self._clock = clock
-        self._inline_paused_until = 0.0
+        self._inline_gate = InlineMailGate(clock)
 
     @activity.defn(name=RECORD_EVENT)
     async def record_event(self, event: PlatformEvent) -> RecordedEvent:
@@ -154,18 +189,20 @@ class NotifyActivities:
     @activity.defn(name=EMAIL_CUSTOMER)
     def email_customer(self, event: PlatformEvent) -> EmailOutcome:
         inline = activity.info().is_local
-        if inline and self._clock() < self._inline_paused_until:
+        if inline and not self._inline_gate.admit():
             raise ApplicationError(
                 "an inline mail failed moments ago: this one goes to durable delivery",
                 type=INLINE_MAIL_PAUSED,
                 non_retryable=True,
             )
         try:
-            return self._email_customer(event)
+            outcome = self._email_customer(event)
         except Exception:
             if inline:
-                self._inline_paused_until = self._clock() + INLINE_PAUSE_SECONDS
+                self._inline_gate.failed()
             raise
+        self._inline_gate.succeeded()
+        return outcome
 
     def _email_customer(self, event: PlatformEvent) -> EmailOutcome:
         if event.customer_id is None:

@@ -1,9 +1,11 @@
 """A payment's inline mail gives up at once for a while after one failed, so a relay that is
-down cannot hold every payment's workflow task; the durable delivery never pauses."""
+down cannot hold every payment's workflow task; then one inline mail at a time tries until
+one gets through; the durable delivery never pauses."""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import pytest
@@ -21,9 +23,14 @@ class Relay:
     def __init__(self) -> None:
         self.down = True
         self.attempts: list[str] = []
+        self.hold: threading.Event | None = None  # set: a send waits for it (a hung relay)
+        self.entered = threading.Event()
 
     def send(self, *, to: list[str], subject: str, body: str, message_id: str) -> None:
         self.attempts.append(message_id)
+        self.entered.set()
+        if self.hold is not None:
+            self.hold.wait(5)
         if self.down:
             raise ConnectionRefusedError(111, "Connection refused")
 
@@ -87,26 +94,69 @@ def _environment(*, local: bool) -> ActivityEnvironment:
     return env
 
 
+def _paused(env: ActivityEnvironment, activities: NotifyActivities, n: int) -> None:
+    with pytest.raises(ApplicationError) as paused:
+        env.run(activities.email_customer, _event(n))
+    assert paused.value.type == INLINE_MAIL_PAUSED
+    assert paused.value.non_retryable
+
+
 def test_after_an_inline_failure_the_next_inline_mails_give_up_without_trying(
     activities: NotifyActivities, relay: Relay, clock: Clock
 ) -> None:
     inline = _environment(local=True)
     with pytest.raises(ConnectionRefusedError):
         inline.run(activities.email_customer, _event(1))
-    for n in (2, 3):
-        with pytest.raises(ApplicationError) as paused:
-            inline.run(activities.email_customer, _event(n))
-        assert paused.value.type == INLINE_MAIL_PAUSED
-        assert paused.value.non_retryable
+    _paused(inline, activities, 2)
+    clock.now += INLINE_PAUSE_SECONDS - 1
+    _paused(inline, activities, 3)
     assert relay.attempts == ["evt_1.customer"]  # the relay was asked once
 
     # The durable delivery (a regular activity) still tries, and sends once the relay is back.
     relay.down = False
     assert _environment(local=False).run(activities.email_customer, _event(2)).status == "sent"
-    # Inline tries again once the pause is over.
-    clock.now += INLINE_PAUSE_SECONDS
     assert inline.run(activities.email_customer, _event(3)).status == "sent"
     assert relay.attempts == ["evt_1.customer", "evt_2.customer", "evt_3.customer"]
+
+
+def test_after_the_pause_one_inline_mail_at_a_time_tries_until_one_gets_through(
+    activities: NotifyActivities, relay: Relay, clock: Clock
+) -> None:
+    inline = _environment(local=True)
+    with pytest.raises(ConnectionRefusedError):
+        inline.run(activities.email_customer, _event(1))
+    clock.now += INLINE_PAUSE_SECONDS
+    # The first after the pause tries (and hangs, as a relay that does not answer would);
+    # the others meanwhile give up at once instead of all waiting on it together.
+    relay.down = False
+    relay.hold = threading.Event()
+    relay.entered.clear()
+    probe: list[Any] = []
+    trying = threading.Thread(
+        target=lambda: probe.append(inline.run(activities.email_customer, _event(2)))
+    )
+    trying.start()
+    assert relay.entered.wait(5)
+    _paused(inline, activities, 3)
+    relay.hold.set()
+    trying.join(5)
+    assert probe[0].status == "sent"
+    # Through: every inline mail tries again.
+    assert inline.run(activities.email_customer, _event(4)).status == "sent"
+    assert relay.attempts == ["evt_1.customer", "evt_2.customer", "evt_4.customer"]
+
+
+def test_a_failed_try_after_the_pause_pauses_again(
+    activities: NotifyActivities, relay: Relay, clock: Clock
+) -> None:
+    inline = _environment(local=True)
+    with pytest.raises(ConnectionRefusedError):
+        inline.run(activities.email_customer, _event(1))
+    clock.now += INLINE_PAUSE_SECONDS
+    with pytest.raises(ConnectionRefusedError):
+        inline.run(activities.email_customer, _event(2))
+    _paused(inline, activities, 3)
+    assert relay.attempts == ["evt_1.customer", "evt_2.customer"]
 
 
 def test_a_failing_durable_delivery_does_not_pause_the_inline_mails(
