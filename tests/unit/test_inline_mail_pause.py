@@ -119,13 +119,19 @@ def test_after_an_inline_failure_the_next_inline_mails_give_up_without_trying(
     assert relay.attempts == ["evt_1.customer", "evt_2.customer", "evt_3.customer"]
 
 
-def test_after_the_pause_one_inline_mail_at_a_time_tries_until_one_gets_through(
-    activities: NotifyActivities, relay: Relay, clock: Clock
-) -> None:
+def _paused_once_until_now(activities: NotifyActivities, clock: Clock) -> ActivityEnvironment:
+    """An inline mail failed one pause ago: the next inline one may try."""
     inline = _environment(local=True)
     with pytest.raises(ConnectionRefusedError):
         inline.run(activities.email_customer, _event(1))
     clock.now += INLINE_PAUSE_SECONDS
+    return inline
+
+
+def test_after_the_pause_one_inline_mail_at_a_time_tries_until_one_gets_through(
+    activities: NotifyActivities, relay: Relay, clock: Clock
+) -> None:
+    inline = _paused_once_until_now(activities, clock)
     # The first after the pause tries (and hangs, as a relay that does not answer would);
     # the others meanwhile give up at once instead of all waiting on it together.
     relay.down = False
@@ -149,10 +155,7 @@ def test_after_the_pause_one_inline_mail_at_a_time_tries_until_one_gets_through(
 def test_a_failed_try_after_the_pause_pauses_again(
     activities: NotifyActivities, relay: Relay, clock: Clock
 ) -> None:
-    inline = _environment(local=True)
-    with pytest.raises(ConnectionRefusedError):
-        inline.run(activities.email_customer, _event(1))
-    clock.now += INLINE_PAUSE_SECONDS
+    inline = _paused_once_until_now(activities, clock)
     with pytest.raises(ConnectionRefusedError):
         inline.run(activities.email_customer, _event(2))
     _paused(inline, activities, 3)
