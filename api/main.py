@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.kyc_webhook_secret = platform_secrets["kyc"]["webhook_signing_secret"]
         app.state.temporal = TemporalHolder(settings, cipher)
         app.state.token_verifier = TokenVerifier(settings)
-        pool = create_ledger_pool(settings)
+        # While the database is away, a request hears so at once, not after the pool's wait.
+        pool = create_ledger_pool(settings, outage_timeout=0.5)
         await pool.open(wait=False)
         app.state.ledger = LedgerStore(pool)
         app.state.payments = PaymentStore(pool)

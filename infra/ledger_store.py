@@ -46,10 +46,16 @@ class AuditNote:
 
 
 def create_ledger_pool(
-    settings: Settings, *, min_size: int = 2, max_size: int = 20, timeout: float = 5.0
+    settings: Settings,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    timeout: float = 5.0,
+    outage_timeout: float | None = None,
 ) -> AsyncConnectionPool:
-    """``timeout``: how long a caller waits for a connection before ``PoolTimeout``; while
-    the database is away, the API's answer is ``503`` after that long."""
+    """``timeout``: how long a caller waits for a connection before ``PoolTimeout``;
+    ``outage_timeout``: once a connection came back broken, how long a caller's own try to
+    reach the server may take before it hears ``PoolTimeout`` (``infra/postgres_pool.py``)."""
     s = settings
     conninfo = (
         f"host={s.postgres_host} port={s.postgres_port} dbname={s.postgres_db} "
@@ -60,6 +66,7 @@ def create_ledger_pool(
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
+        outage_timeout=outage_timeout,
         open=False,
         kwargs={"autocommit": True},
     )

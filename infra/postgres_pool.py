@@ -10,9 +10,17 @@ reaches the few callers that were using a connection at that moment, not every c
 it.
 
 While the database is away, a caller waits for a connection for at most ``timeout``
-seconds and then gets ``PoolTimeout``. ``DATABASE_UNAVAILABLE`` names the exceptions that
-mean "the database cannot answer right now" on either of our paths (psycopg's pool and
-SQLAlchemy's engine); what the API answers to them is in ``api/errors.py``.
+seconds and then gets ``PoolTimeout``. A pool made with ``outage_timeout`` (the API's)
+answers sooner: once a connection came back broken, each caller first tries a connection
+of its own to the server (for at most ``outage_timeout``); refused, it gets
+``PoolTimeout`` at once; accepted, the server is back, and callers wait for the pool as
+usual again (its reconnection after a restart can take a few seconds, which a caller
+should wait out, not be refused for). The worker keeps the full wait: its activities retry
+on their own, and a shorter wait would only spend their attempts sooner.
+
+``DATABASE_UNAVAILABLE`` names the exceptions that mean "the database cannot answer right
+now" on either of our paths (psycopg's pool and SQLAlchemy's engine); what the API answers
+to them is in ``api/errors.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Any
 import psycopg
 import sqlalchemy.exc
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +47,36 @@ class PostgresPool(AsyncConnectionPool[AsyncConnection[Any]]):
     """An ``AsyncConnectionPool`` that checks its idle connections as soon as one of its
     connections is returned broken (module docstring)."""
 
-    def __init__(self, conninfo: str, **kwargs: Any) -> None:
+    def __init__(
+        self, conninfo: str, *, outage_timeout: float | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(conninfo, **kwargs)
         self._checking: asyncio.Task[None] | None = None
+        self._outage_timeout = outage_timeout
+        self._away = False  # a connection came back broken; cleared when the server answers
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        if self._away and self._outage_timeout is not None and not await self._server_answers():
+            raise PoolTimeout("the database does not accept connections")
+        return await super().getconn(timeout)
+
+    async def _server_answers(self) -> bool:
+        assert self._outage_timeout is not None  # noqa: S101 - getconn checked it
+        try:
+            probe = await asyncio.wait_for(
+                AsyncConnection.connect(str(self.conninfo), autocommit=True),
+                self._outage_timeout,
+            )
+        except (psycopg.OperationalError, TimeoutError):
+            return False
+        await probe.close()
+        self._away = False
+        return True
 
     async def putconn(self, conn: AsyncConnection[Any]) -> None:
         broken = conn.broken
+        if broken:
+            self._away = True
         await super().putconn(conn)
         if broken and (self._checking is None or self._checking.done()):
             log.warning("a database connection broke: checking the idle ones")

@@ -4,10 +4,12 @@ pool gets over its connections being cut (as by a database restart) after one fa
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import AsyncExitStack
 
 import psycopg
 import pytest
+from psycopg_pool import PoolTimeout
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
@@ -87,5 +89,34 @@ async def test_the_pool_replaces_its_cut_connections_after_the_first_failure(
                 cur = await conn.execute("SELECT pg_backend_pid()")
                 row = await cur.fetchone()
                 assert row is not None and row[0] not in pids
+    finally:
+        await pool.close()
+
+
+async def test_after_a_broken_connection_a_server_that_answers_is_waited_for_as_usual(
+    settings: Settings,
+) -> None:
+    """The API's pool (``outage_timeout``): a broken connection makes the next caller try
+    the server itself; it answers, so nobody is refused and the pool's own wait applies.
+    (Refused at once while the server is down: ``test_payments_survive_a_postgres_restart``.)"""
+    pool = create_ledger_pool(settings, min_size=1, max_size=1, timeout=1.5, outage_timeout=0.2)
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            pid = conn.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(
+            str(pool.conninfo), autocommit=True
+        ) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        async with pool.connection() as held:
+            await held.execute("SELECT 1")
+            # The pool is exhausted, not the server down: the full wait, not a fast refusal.
+            t0 = time.monotonic()
+            with pytest.raises(PoolTimeout):
+                await pool.getconn()
+            assert time.monotonic() - t0 >= 1.4
     finally:
         await pool.close()
