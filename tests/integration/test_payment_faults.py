@@ -12,6 +12,7 @@ and the moments are printed so a failing run can be repeated (``BFC_FAULT_SEED``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -110,6 +111,17 @@ async def _funded_wallets(
     return alice_h, alice, bob, await available(api, alice_h, alice)
 
 
+@contextlib.asynccontextmanager
+async def _stopped(stack: Stack, name: str) -> AsyncIterator[None]:
+    """``name`` stopped for the block and started again however the block ends: a failed
+    check must not leave the rest of the session without it."""
+    await asyncio.to_thread(stack.down, (name,))
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(stack.up, (name,))
+
+
 async def _gone(stack: Stack, pid: int) -> None:
     """SIGKILL is delivered at once but the process is torn down a moment later: until
     then it still looks alive, and ``up`` would take it for the running worker."""
@@ -204,15 +216,14 @@ async def test_payments_survive_a_temporal_restart(
     started = [await pay(api, alice_h, body) for body in _mix(alice, bob, 12, random.Random(7))]  # noqa: S311
 
     # Its data is on disk: the server comes back with every open workflow.
-    await asyncio.to_thread(stack.down, ("temporal",))
-    # Meanwhile the API still accepts payments: the committed row is the promise, and the
-    # sweep starts each saga once Temporal is back.
-    accepted = [
-        await pay(api, alice_h, body)
-        for body in _mix(alice, bob, 4, random.Random(8))  # noqa: S311
-    ]
-    assert {p["status"] for p in accepted} == {"processing"}
-    await asyncio.to_thread(stack.up, ("temporal",))
+    async with _stopped(stack, "temporal"):
+        # Meanwhile the API still accepts payments: the committed row is the promise, and
+        # the sweep starts each saga once Temporal is back.
+        accepted = [
+            await pay(api, alice_h, body)
+            for body in _mix(alice, bob, 4, random.Random(8))  # noqa: S311
+        ]
+        assert {p["status"] for p in accepted} == {"processing"}
 
     final = [await wait_for(api, alice_h, p["id"], timeout=120) for p in started + accepted]
     change = await _check_exactly_once(final, gateway, ledger)
@@ -244,22 +255,23 @@ async def test_payments_survive_a_postgres_restart(
     started = [await pay(api, alice_h, body) for body in _mix(alice, bob, 12, rng)]
 
     # Sagas are in flight (the slow card among them) when the database goes away.
-    await asyncio.to_thread(stack.down, ("postgres",))
     body = _mix(alice, bob, 1, rng)[0]
     key = f"pg-restart-{started[0]['id']}"
-    refused = await api.post("/v1/payments", json=body, headers={**alice_h, "Idempotency-Key": key})
-    assert refused.status_code == 503, refused.text
-    assert refused.headers["content-type"] == "application/problem+json"
-    assert refused.headers["Retry-After"] == "1"
-    assert refused.json()["code"] == "database_unavailable"
-    # Once a connection came back broken, each request tries the server itself and hears
-    # "unavailable" at once, instead of waiting out the pool's 5 s for a connection.
-    for _ in range(3):
-        t0 = time.monotonic()
-        again = await api.get(f"/v1/payments/{started[0]['id']}", headers=alice_h)
-        assert (again.status_code, again.json()["code"]) == (503, "database_unavailable")
-        assert time.monotonic() - t0 < 2.5
-    await asyncio.to_thread(stack.up, ("postgres",))
+    async with _stopped(stack, "postgres"):
+        refused = await api.post(
+            "/v1/payments", json=body, headers={**alice_h, "Idempotency-Key": key}
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["code"] == "database_unavailable"
+        # Once a connection came back broken, each request tries the server itself and
+        # hears "unavailable" at once, instead of waiting out the pool's 5 s.
+        for _ in range(3):
+            t0 = time.monotonic()
+            again = await api.get(f"/v1/payments/{started[0]['id']}", headers=alice_h)
+            assert (again.status_code, again.json()["code"]) == (503, "database_unavailable")
+            assert time.monotonic() - t0 < 2.5
 
     # Right after the restart: no caller meets a connection the restart cut.
     answers = await asyncio.gather(
@@ -294,8 +306,7 @@ async def test_payments_keep_flowing_while_the_mail_relay_is_down(
         "amount": 1,
         "currency": CURRENCY,
     }
-    await asyncio.to_thread(stack.down, ("smtp",))
-    try:
+    async with _stopped(stack, "smtp"):
         # More payments than the worker has workflow-task slots (100). Before, each one held
         # a slot retrying its mail, and the payments after them waited in `processing`.
         started = [await pay(api, alice_h, body) for _ in range(110)]
@@ -305,8 +316,6 @@ async def test_payments_keep_flowing_while_the_mail_relay_is_down(
         handles = [temporal.get_workflow_handle(p["id"]) for p in started]
         results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
         assert {r["status"] for r in results} == {"succeeded"}
-    finally:
-        await asyncio.to_thread(stack.up, ("smtp",))
 
     # Each mail went to its EventDeliveryWorkflow, which sends it once the relay is back.
     wanted = {event_id(p["id"], "payment.succeeded") for p in started}
@@ -341,8 +350,7 @@ async def test_reads_and_changes_do_not_hang_while_the_worker_is_down(
         response = await asyncio.wait_for(call, 45)
         return response, time.monotonic() - t0
 
-    await asyncio.to_thread(stack.down, ("worker",))
-    try:
+    async with _stopped(stack, "worker"):
         payment = await pay(
             api,
             alice_h,
@@ -368,8 +376,6 @@ async def test_reads_and_changes_do_not_hang_while_the_worker_is_down(
             assert answer.json()["code"] == "workflow_unavailable"
             assert answer.headers["Retry-After"]
             assert took < 15, took
-    finally:
-        await asyncio.to_thread(stack.up, ("worker",))
 
     # The cancel was admitted: once a worker takes it, it is applied (or the saga had passed
     # the point of no return); either way the payment ends, and its money agrees.
