@@ -50,7 +50,7 @@ class LimitRequestBodies:
         limit = self._codec_max if scope["path"].startswith("/codec/") else self._max
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _refuse(scope, receive, send, limit)
+            await _refuse(scope, receive, send, _TooLarge(limit))
             return
         received = 0
         started = False
@@ -71,17 +71,17 @@ class LimitRequestBodies:
 
         try:
             await self._app(scope, counted, watched)
-        except _TooLarge:
+        except _TooLarge as exc:
             if started:  # too late for an answer of our own; the connection just ends
                 raise
-            await _refuse(scope, receive, send, limit)
+            await _refuse(scope, receive, send, exc)
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: _TooLarge) -> None:
     response = problem_response(
         413,
         "payload_too_large",
-        str(_TooLarge(limit).detail),
+        exc.detail,
         instance=scope["path"].replace("\x00", "\\u0000"),
     )
     await response(scope, receive, send)

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from api.errors import RETRY_AFTER_SECONDS, ProblemError
+from api.errors import ProblemError, unavailable
 from infra.envelope import EnvelopeCipher
 from infra.ledger_store import LedgerStore
 from infra.settings import Settings
@@ -92,13 +92,7 @@ def require_idempotency_key(key: str | None) -> str:
 
 
 def temporal_unavailable() -> ProblemError:
-    return ProblemError(
-        503,
-        "unavailable",
-        "Temporal is not reachable",
-        "try again shortly",
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
-    )
+    return unavailable("unavailable", "Temporal is not reachable", "try again shortly")
 
 
 def temporal_or_503(client: Client | None) -> Client:

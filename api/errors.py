@@ -71,6 +71,11 @@ class ProblemError(Exception):
         )
 
 
+def unavailable(code: str, title: str, detail: str) -> ProblemError:
+    """A 503 for something we depend on that cannot answer now, with when to ask again."""
+    return ProblemError(503, code, title, detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
 def invalid_fields(errors: list[dict[str, str]], code: str = "validation_failed") -> ProblemError:
     """The 422 that names every offending field (``errors``: field, code, message); one shape
     for the schema's checks and the routes' own."""
@@ -162,15 +167,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         # at all. The money-moving ones carry an Idempotency-Key, so sending one again
         # after a 503 is safe either way.
         log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
-        return problem_response(
-            503,
+        return unavailable(
             "database_unavailable",
             "The database is not available right now",
             "nothing was left half-done; send the request again shortly, with the same "
             "Idempotency-Key where it has one",
-            instance=request.url.path,
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
+        ).response(request.url.path)
 
     for exc_class in DATABASE_UNAVAILABLE:
         app.add_exception_handler(exc_class, _database_away)

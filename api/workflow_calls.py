@@ -26,7 +26,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.errors import RETRY_AFTER_SECONDS, ProblemError
+from api.errors import ProblemError, unavailable
 
 T = TypeVar("T")
 
@@ -41,13 +41,7 @@ def workflow_unavailable(change: bool) -> ProblemError:
         if change
         else "ask again shortly"
     )
-    return ProblemError(
-        503,
-        "workflow_unavailable",
-        "The workflow did not answer in time",
-        detail,
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
-    )
+    return unavailable("workflow_unavailable", "The workflow did not answer in time", detail)
 
 
 async def live_view(handle: WorkflowHandle[Any, Any], query: str, result_type: type[T]) -> T | None:

@@ -55,10 +55,10 @@ def url_host_problem(url: str) -> str | None:
     return None
 
 
-async def pinned(url: httpx.URL, resolver: Resolver) -> tuple[httpx.URL, dict[str, str], str]:
-    """The URL to connect to (the host replaced by its checked address), the headers that
-    keep the request addressed to the name (Host; TLS is verified against the name through
-    ``sni_hostname``), and the address. Raises ``LookupError`` naming a refused address."""
+async def pinned(url: httpx.URL, resolver: Resolver) -> tuple[httpx.URL, dict[str, str]]:
+    """The URL to connect to (the host replaced by its checked address) and the headers
+    that keep the request addressed to the name (Host; TLS is verified against the name
+    through ``sni_hostname``). Raises ``LookupError`` naming a refused address."""
     host = url.host
     port = url.port or (443 if url.scheme == "https" else 80)
     address = literal_address(host)
@@ -68,4 +68,4 @@ async def pinned(url: httpx.URL, resolver: Resolver) -> tuple[httpx.URL, dict[st
         raise LookupError(f"{host} resolves to a non-public address ({', '.join(refused)})")
     chosen = addresses[0]
     host_header = host if url.port is None else f"{host}:{url.port}"
-    return url.copy_with(host=chosen), {"Host": host_header}, chosen
+    return url.copy_with(host=chosen), {"Host": host_header}

@@ -190,7 +190,7 @@ class WebhookSender:
         if not self._allow_private:
             named = target
             try:
-                target, host_header, _ = await pinned(named, self._resolve)
+                target, host_header = await pinned(named, self._resolve)
             except LookupError as exc:
                 raise DestinationRefused(str(exc), status_code=None) from exc
             except OSError as exc:  # the name does not resolve (now): retried
