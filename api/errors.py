@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError, RPCStatusCode
 
 from infra.postgres_pool import DATABASE_UNAVAILABLE
 from models.errors import BusinessRuleError
@@ -74,6 +75,15 @@ class ProblemError(Exception):
 def unavailable(code: str, title: str, detail: str) -> ProblemError:
     """A 503 for something we depend on that cannot answer now, with when to ask again."""
     return ProblemError(503, code, title, detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def temporal_unavailable() -> ProblemError:
+    return unavailable("unavailable", "Temporal is not reachable", "try again shortly")
+
+
+# Temporal's answers that mean "not reachable now", not "no such workflow" (NOT_FOUND) or a
+# refusal: the client has already retried these for API_TEMPORAL_RETRY (api/deps.py).
+TEMPORAL_AWAY = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED})
 
 
 def invalid_fields(errors: list[dict[str, str]], code: str = "validation_failed") -> ProblemError:
@@ -184,3 +194,15 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(
             500, "internal_error", "Something went wrong on our side", instance=request.url.path
         )
+
+    @app.exception_handler(RPCError)
+    async def _temporal_error(request: Request, exc: RPCError) -> JSONResponse:
+        # A route that needs Temporal and met it away answers 503, not 500: whatever the
+        # route committed before (a payment, a refund's reservation) is picked up by the
+        # sweep or by the same request sent again with its Idempotency-Key.
+        if exc.status not in TEMPORAL_AWAY:
+            # Handled here, Starlette would not log it: the traceback goes to the log.
+            log.error("%s %s: Temporal refused", request.method, request.url.path, exc_info=exc)
+            return await _unexpected(request, exc)
+        log.warning("%s %s: Temporal unavailable: %s", request.method, request.url.path, exc)
+        return temporal_unavailable().response(request.url.path)

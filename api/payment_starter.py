@@ -22,6 +22,13 @@ The sweep (``sweep_forever``, one per API process) starts every row left unstamp
 a second start finds the running (or finished) workflow, so two API processes sweeping
 the same row start one saga, and a stamp lost with its process only makes the sweep start
 that saga again, to find it started.
+
+Refunds take the same road (``start_refund``): the reservation row committed by
+``POST /v1/payments/{id}/refunds`` is the promise, the ``RefundWorkflow`` (id = the refund
+id) is started right after within the request and the row stamped at once (refunds are
+few; no batching), and the sweep starts a pending refund left unstamped. Without it, a
+refund reserved while Temporal was away stayed ``pending`` for good, its amount reserved
+against the payment and never given back.
 """
 
 from __future__ import annotations
@@ -44,8 +51,16 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from infra.payment_store import PaymentStore, StoredPayment
-from models.payment import PAYMENT_WORKFLOW, PaymentInput, PaymentKind
+from infra.payment_store import PaymentStore, StoredPayment, StoredRefund
+from models.payment import (
+    GATEWAY_CLEARING,
+    PAYMENT_WORKFLOW,
+    REFUND_WORKFLOW,
+    PaymentInput,
+    PaymentKind,
+    RefundInput,
+    platform_account_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,14 +196,36 @@ class SagaStarter:
             ),
         )
 
+    async def start_refund(self, payment: StoredPayment, refund: StoredRefund) -> bool:
+        """Start the refund's workflow (or find it started) and stamp its row. False if
+        Temporal could not be reached, which leaves the refund to the sweep."""
+        client = await self._temporal()
+        if client is None:
+            return False
+        try:
+            await _start_refund_workflow(client, payment, refund, self._task_queue)
+        except RPCError as exc:
+            log.warning("refund %s: start failed, left to the sweep: %s", refund.id, exc)
+            return False
+        await self._store.mark_refund_started(refund.id)
+        return True
+
     async def sweep(self, limit: int = 100) -> int:
-        """Start the payments left unstarted past the grace period; how many it started."""
+        """Start the payments and refunds left unstarted past the grace period; how many
+        it started."""
         stranded = await self._store.saga_not_started(older_than=self._grace, limit=limit)
         started = 0
         for payment in stranded:
             if not await self.start(payment):
-                break  # Temporal is away: the next sweep tries again
+                return started  # Temporal is away: the next sweep tries again
             log.info("payment %s: saga started by the sweep", payment.id)
+            started += 1
+        for payment, refund in await self._store.refunds_not_started(
+            older_than=self._grace, limit=limit
+        ):
+            if not await self.start_refund(payment, refund):
+                break
+            log.info("refund %s: saga started by the sweep", refund.id)
             started += 1
         return started
 
@@ -223,6 +260,42 @@ class SagaStarter:
             await asyncio.wait_for(self.flush_stamps(), timeout)
         except Exception:  # the sweep will start these again and find them started
             log.exception("stamping %d started payments failed", len(self._unstamped))
+
+
+async def _start_refund_workflow(
+    client: Client, payment: StoredPayment, refund: StoredRefund, task_queue: str
+) -> None:
+    # The money goes back the way it came: out of the wallet that received it.
+    destination = payment.destination_account_id or ""  # both kinds have one (table CHECK)
+    if payment.kind == "topup":
+        debit, credit = destination, platform_account_id(GATEWAY_CLEARING, payment.currency)
+    else:
+        debit, credit = destination, payment.source_account_id or ""
+    await start_once(
+        client,
+        REFUND_WORKFLOW,
+        RefundInput(
+            refund_id=refund.id,
+            payment_id=payment.id,
+            kind=cast(PaymentKind, payment.kind),  # the table's CHECK allows only kinds
+            customer_id=payment.customer_id,
+            client_id=payment.client_id,
+            amount=refund.amount,
+            currency=payment.currency,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            gateway_reference=payment.gateway_reference if payment.kind == "topup" else None,
+        ),
+        id=refund.id,
+        task_queue=task_queue,
+        search_attributes=payment_search_attributes(
+            status=payment.status,
+            kind="refund",
+            customer_id=payment.customer_id,
+            amount=refund.amount,
+            currency=payment.currency,
+        ),
+    )
 
 
 async def _settle(tasks: set[asyncio.Task[Any]], timeout: float) -> None:

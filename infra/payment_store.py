@@ -97,6 +97,7 @@ class StoredRefund:
     created_by: str
     created_at: datetime
     completed_at: datetime | None
+    saga_started_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ _PAYMENT_COLUMNS = ", ".join(StoredPayment.__dataclass_fields__)
 _PREFIXED_COLUMNS = ", ".join(f"p.{c}" for c in StoredPayment.__dataclass_fields__)
 _REFUND_COLUMNS = (
     "id, payment_id, amount, status, failure_code, gateway_reference, created_by, "
-    "created_at, completed_at"
+    "created_at, completed_at, saga_started_at"
 )
 # Attempts that moved no money do not count toward limits and velocity.
 _COUNTED = "status NOT IN ('declined', 'failed', 'canceled')"
@@ -190,6 +191,38 @@ class PaymentStore:
             )
             rows = await cur.fetchall()
         return [StoredPayment(**row) for row in rows]
+
+    async def mark_refund_started(self, refund_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE payment_refunds SET saga_started_at = now() "
+                "WHERE id = %s AND saga_started_at IS NULL",
+                (refund_id,),
+            )
+
+    async def refunds_not_started(
+        self, *, older_than: timedelta, limit: int
+    ) -> list[tuple[StoredPayment, StoredRefund]]:
+        """Reserved refunds whose workflow was not started within ``older_than``, oldest
+        first, each with its payment (the partial index ``payment_refunds_saga_not_started``
+        serves this). Only pending ones: a finished refund was started, whatever its stamp."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_REFUND_COLUMNS} FROM payment_refunds "  # noqa: S608 - constant column lists
+                "WHERE saga_started_at IS NULL AND status = 'pending' "
+                "AND created_at < now() - %s ORDER BY created_at LIMIT %s",
+                (older_than, limit),
+            )
+            refunds = [StoredRefund(**row) for row in await cur.fetchall()]
+            if not refunds:
+                return []
+            await cur.execute(
+                f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = ANY(%s)",  # noqa: S608 - constant column lists
+                ([r.payment_id for r in refunds],),
+            )
+            payments = {row["id"]: StoredPayment(**row) for row in await cur.fetchall()}
+        return [(payments[r.payment_id], r) for r in refunds]
 
     async def get(self, payment_id: str) -> StoredPayment | None:
         async with self._pool.connection() as conn:

@@ -22,6 +22,7 @@ from temporalio.converter import (
     JSONPlainPayloadConverter,
     PayloadCodec,
 )
+from temporalio.service import RetryConfig
 
 from infra.envelope import EnvelopeCipher
 from infra.key_at_hand import in_place_or_thread
@@ -114,10 +115,17 @@ def platform_data_converter(cipher: EnvelopeCipher | None = None) -> DataConvert
     )
 
 
-async def connect_temporal(settings: Settings, cipher: EnvelopeCipher | None = None) -> Client:
+async def connect_temporal(
+    settings: Settings,
+    cipher: EnvelopeCipher | None = None,
+    retry_config: RetryConfig | None = None,
+) -> Client:
+    """``retry_config``: how long a call keeps trying an unreachable server before it
+    raises (the SDK's default, used where none is given, is up to 10 s)."""
     converter = platform_data_converter(cipher)
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=converter,
+        retry_config=retry_config,
     )

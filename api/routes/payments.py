@@ -15,38 +15,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal, require_role
 from api.deps import (
     IdempotencyHeader,
     LedgerDep,
-    SettingsDep,
     TemporalClientDep,
     require_idempotency_key,
     temporal_or_503,
-    temporal_unavailable,
 )
-from api.errors import ProblemError, invalid_fields
-from api.payment_starter import SagaStarter, payment_search_attributes, start_once
+from api.errors import ProblemError, invalid_fields, temporal_unavailable
+from api.payment_starter import SagaStarter
 from api.workflow_calls import live_view, update
 from infra.payment_store import NewPayment, PaymentStore, StoredPayment, StoredRefund
 from models.ids import new_id
 from models.ledger import Account
 from models.payment import (
-    GATEWAY_CLEARING,
-    REFUND_WORKFLOW,
     TERMINAL_STATUSES,
     PaymentKind,
     PaymentState,
     PaymentStatus,
-    RefundInput,
-    platform_account_id,
 )
 from models.payment_schemas import (
     PaymentCreate,
@@ -308,46 +302,12 @@ async def cancel_payment(
                 cause.message,
             ) from exc  # fmt: skip
         raise
-    except RPCError as exc:  # the saga finished meanwhile
-        raise too_late from exc
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise  # Temporal away: 503 (api.errors)
+        raise too_late from exc  # the saga finished meanwhile
     refreshed = await store.get(payment_id)
     return _public(refreshed or payment, state)
-
-
-async def _start_refund(
-    client: Client, payment: StoredPayment, refund: StoredRefund, task_queue: str
-) -> None:
-    # The money goes back the way it came: out of the wallet that received it.
-    destination = payment.destination_account_id or ""  # both kinds have one (table CHECK)
-    if payment.kind == "topup":
-        debit, credit = destination, platform_account_id(GATEWAY_CLEARING, payment.currency)
-    else:
-        debit, credit = destination, payment.source_account_id or ""
-    await start_once(
-        client,
-        REFUND_WORKFLOW,
-        RefundInput(
-            refund_id=refund.id,
-            payment_id=payment.id,
-            kind=cast(PaymentKind, payment.kind),  # the table's CHECK allows only kinds
-            customer_id=payment.customer_id,
-            client_id=payment.client_id,
-            amount=refund.amount,
-            currency=payment.currency,
-            debit_account_id=debit,
-            credit_account_id=credit,
-            gateway_reference=payment.gateway_reference if payment.kind == "topup" else None,
-        ),
-        id=refund.id,
-        task_queue=task_queue,
-        search_attributes=payment_search_attributes(
-            status=payment.status,
-            kind="refund",
-            customer_id=payment.customer_id,
-            amount=refund.amount,
-            currency=payment.currency,
-        ),
-    )
 
 
 def _refund_public(refund: StoredRefund) -> RefundPublic:
@@ -371,8 +331,6 @@ async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     request: Request,
     response: Response,
     principal: Actor,
-    settings: SettingsDep,
-    temporal: TemporalClientDep,
     key: IdempotencyHeader = None,
 ) -> RefundPublic:
     """Give back part or all of a succeeded top-up or transfer. The refunds of a payment
@@ -388,7 +346,6 @@ async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     ):  # the sender cannot pull money back out of someone else's wallet
         raise ProblemError(403, "forbidden", "Not allowed",
                            "transfers are refunded by operators or the app")  # fmt: skip
-    client = temporal_or_503(temporal)
     refund, created = await store.reserve_refund(
         refund_id=new_id("rfd"),
         payment_id=payment_id,
@@ -398,8 +355,10 @@ async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
         request_hash=_fingerprint(body, payment_id),
         created_by=principal.subject,
     )
-    if refund.status == "pending":
-        await _start_refund(client, payment, refund, settings.task_queue)
+    # The committed reservation is the promise: with Temporal away the answer is still 202
+    # and the sweep starts the refund once it is back (api/payment_starter.py).
+    if refund.status == "pending" and refund.saga_started_at is None:
+        await _starter(request).start_refund(payment, refund)
     response.headers["Location"] = f"/v1/payments/{payment_id}/refunds/{refund.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -146,7 +146,10 @@ async def _update(
             status, code = _REFUSALS[cause.type]
             raise ProblemError(status, code, "The case refused this", cause.message) from exc
         raise
-    except RPCError as exc:  # the workflow has completed: the case is closed
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise  # Temporal away: 503 (api.errors)
+        # The workflow has completed: the case is closed.
         raise ProblemError(
             409, "case_closed", "The case refused this", "the case is closed"
         ) from exc

@@ -67,6 +67,28 @@ async def pay_and_wait(
     return await wait_for(api, headers, payment["id"])
 
 
+async def wait_for_refund(
+    api: httpx.AsyncClient,
+    headers: dict[str, str],
+    payment_id: str,
+    refund_id: str,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """The refund once it is no longer pending; it must have succeeded."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        refunds = await api.get(f"/v1/payments/{payment_id}/refunds", headers=headers)
+        assert refunds.status_code == 200, refunds.text
+        found: dict[str, Any] = {r["id"]: r for r in refunds.json()}[refund_id]
+        if found["status"] != "pending":
+            assert found["status"] == "succeeded", found
+            return found
+        if loop.time() > deadline:
+            raise AssertionError(f"refund {refund_id} still pending")
+        await asyncio.sleep(0.1)
+
+
 class GatewayView:
     """What the card gateway (the stack's sandbox) holds for one of our payments."""
 

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,7 +31,14 @@ from infra.settings import Settings
 from infra.stack.launcher import Stack
 from models.notifications import event_id
 from tests.helpers.logins import Logins
-from tests.helpers.payments import GatewayView, available, open_wallet, pay, wait_for
+from tests.helpers.payments import (
+    GatewayView,
+    available,
+    open_wallet,
+    pay,
+    wait_for,
+    wait_for_refund,
+)
 
 pytestmark = pytest.mark.lifecycle
 log = logging.getLogger(__name__)
@@ -241,6 +249,57 @@ async def test_payments_survive_a_temporal_restart(
         },
     )
     assert (await wait_for(api, alice_h, after["id"], timeout=60))["status"] == "succeeded"
+
+
+async def test_a_refund_asked_for_while_temporal_is_down_is_made_once_it_is_back(
+    stack: Stack, api: httpx.AsyncClient, logins: Logins, gateway: GatewayView
+) -> None:
+    alice_h, carol_h = logins.headers("alice"), logins.headers("carol")
+    alice = await open_wallet(api, alice_h, CURRENCY)
+    topup = {
+        "kind": "topup",
+        "destination_account_id": alice,
+        "amount": 2_000,
+        "currency": CURRENCY,
+        "payment_method": "pm_card_visa",
+    }
+    payment = await wait_for(api, alice_h, (await pay(api, alice_h, topup))["id"])
+    assert payment["status"] == "succeeded", payment
+    before = await available(api, alice_h, alice)
+    refunds = f"/v1/payments/{payment['id']}/refunds"
+    asked = {**alice_h, "Idempotency-Key": str(uuid.uuid4())}
+
+    async with _stopped(stack, "temporal"):
+        # The reservation is committed: that is the promise, answered 202 (it was a 500 and
+        # a reservation that stayed pending, and reserved, for good).
+        t0 = time.monotonic()
+        refund = await api.post(refunds, json={"amount": 700}, headers=asked)
+        assert refund.status_code == 202, refund.text
+        assert refund.json()["status"] == "pending"
+        assert time.monotonic() - t0 < 8
+        again = await api.post(refunds, json={"amount": 700}, headers=asked)
+        assert (again.status_code, again.json()["id"]) == (202, refund.json()["id"])
+        assert again.headers["Idempotent-Replayed"] == "true"
+        # Calls that need Temporal itself answer 503 with Retry-After (they were 500s after
+        # ten seconds of the client's retries).
+        for call in (
+            api.get("/v1/reviews", headers=carol_h),
+            api.get("/v1/reviews/rev_00000000000000000000000000", headers=carol_h),
+        ):
+            t0 = time.monotonic()
+            answer = await call
+            assert answer.status_code == 503, answer.text
+            assert (answer.json()["code"], answer.headers["Retry-After"]) == ("unavailable", "1")
+            assert time.monotonic() - t0 < 8
+
+    # Nobody sends the refund again: the API's sweep starts it once Temporal is back.
+    done = await wait_for_refund(api, alice_h, payment["id"], refund.json()["id"], timeout=90)
+    assert done["amount"] == 700
+    intent = (await gateway.charges(payment["id"]))[0]["id"]
+    assert [r["amount"] for r in await gateway.refunds(intent)] == [700]
+    after = await wait_for(api, alice_h, payment["id"], {"partially_refunded"})
+    assert after["refunded_amount"] == 700
+    assert await available(api, alice_h, alice) == before - 700
 
 
 async def test_payments_survive_a_postgres_restart(

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ProblemError, install_problem_handlers
 
@@ -47,6 +48,9 @@ _FAILURES: dict[str, Exception] = {
     "pool": PoolTimeout("couldn't get a connection after 5.00 sec"),
     "engine": sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused")),
     "bug": KeyError("secret_internal_detail"),
+    "temporal_away": RPCError("tcp connect error", RPCStatusCode.UNAVAILABLE, b""),
+    "temporal_slow": RPCError("deadline exceeded", RPCStatusCode.DEADLINE_EXCEEDED, b""),
+    "temporal_refused": RPCError("secret_internal_detail", RPCStatusCode.INVALID_ARGUMENT, b""),
 }
 
 
@@ -95,6 +99,25 @@ def test_an_unexpected_error_is_a_500_problem_that_keeps_its_details_in() -> Non
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "internal_error"
     assert "secret_internal_detail" not in response.text
+
+
+@pytest.mark.parametrize("kind", ["temporal_away", "temporal_slow"])
+def test_temporal_that_is_away_is_a_503_to_send_again(kind: str) -> None:
+    response = TestClient(_app()).get(f"/fails/{kind}")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["code"] == "unavailable"
+
+
+def test_temporal_refusing_a_call_is_a_500_problem_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    response = TestClient(_app()).get("/fails/temporal_refused")
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "secret_internal_detail" not in response.text
+    assert any(r.exc_info for r in caplog.records), "the traceback must reach the log"
 
 
 def test_a_body_that_is_not_json_is_named_as_the_body_with_the_reason() -> None:

@@ -23,7 +23,15 @@ from infra.payment_store import NewPayment, PaymentStore, StoredPayment
 from infra.settings import Settings
 from models.ids import new_id
 from tests.helpers.logins import Logins
-from tests.helpers.payments import GatewayView, available, open_wallet, pay, pay_and_wait, wait_for
+from tests.helpers.payments import (
+    GatewayView,
+    available,
+    open_wallet,
+    pay,
+    pay_and_wait,
+    wait_for,
+    wait_for_refund,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -305,7 +313,7 @@ async def test_refunds_never_exceed_the_captured_amount(
     assert len(accepted) == 2, [a.text for a in answers]
     assert {a.json()["code"] for a in answers if a.status_code != 202} == {"refund_exceeds_capture"}
     for a in accepted:
-        await _wait_refund(api, alice, payment["id"], a.json()["id"])
+        await wait_for_refund(api, alice, payment["id"], a.json()["id"])
     partially = await wait_for(api, alice, payment["id"])
     assert (partially["status"], partially["refunded_amount"]) == ("partially_refunded", 8_000)
 
@@ -313,7 +321,7 @@ async def test_refunds_never_exceed_the_captured_amount(
     assert over.status_code == 409 and over.json()["code"] == "refund_exceeds_capture"
     last = await refund(2_000)
     assert last.status_code == 202
-    await _wait_refund(api, alice, payment["id"], last.json()["id"])
+    await wait_for_refund(api, alice, payment["id"], last.json()["id"])
     done = await wait_for(api, alice, payment["id"])
     assert (done["status"], done["refunded_amount"]) == ("refunded", 10_000)
 
@@ -333,31 +341,17 @@ async def test_a_refund_of_the_rest_replays_as_the_same_refund(
         path, json={"amount": 1_000}, headers={**alice, "Idempotency-Key": str(uuid.uuid4())}
     )
     assert part.status_code == 202, part.text
-    await _wait_refund(api, alice, payment["id"], part.json()["id"])
+    await wait_for_refund(api, alice, payment["id"], part.json()["id"])
     key = {**alice, "Idempotency-Key": str(uuid.uuid4())}
     rest = await api.post(path, json={}, headers=key)
     assert (rest.status_code, rest.json()["amount"]) == (202, 2_000), rest.text
-    await _wait_refund(api, alice, payment["id"], rest.json()["id"])
+    await wait_for_refund(api, alice, payment["id"], rest.json()["id"])
     # Fully refunded now, yet the same request under the same key is the same refund.
     again = await api.post(path, json={}, headers=key)
     assert (again.status_code, again.json()["id"]) == (202, rest.json()["id"]), again.text
     assert again.headers.get("Idempotent-Replayed") == "true"
     more = await api.post(path, json={}, headers={**alice, "Idempotency-Key": str(uuid.uuid4())})
     assert more.status_code == 409 and more.json()["code"] == "payment_not_refundable"
-
-
-async def _wait_refund(
-    api: httpx.AsyncClient, headers: dict[str, str], payment_id: str, refund_id: str
-) -> dict[str, Any]:
-    for _ in range(300):
-        refunds = await api.get(f"/v1/payments/{payment_id}/refunds", headers=headers)
-        found = {r["id"]: r for r in refunds.json()}[refund_id]
-        if found["status"] != "pending":
-            assert found["status"] == "succeeded", found
-            refund: dict[str, Any] = found
-            return refund
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"refund {refund_id} still pending")
 
 
 async def test_a_large_payment_waits_for_review_and_carol_decides(
