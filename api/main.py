@@ -13,6 +13,7 @@ from api.body_limit import LimitRequestBodies
 from api.deps import TemporalHolder
 from api.errors import install_problem_handlers
 from api.nul_guard import RefuseNulCharacters
+from api.onboarding_starter import ApplicationStarter
 from api.payment_starter import SagaStarter
 from api.routes import (
     accounts,
@@ -46,6 +47,24 @@ def codec_origins(settings: Settings) -> list[str]:
     )
 
 
+def _install_starters(app: FastAPI, settings: Settings) -> SagaStarter:
+    """What starts the workflows of accepted payments, refunds and applications, and sweeps
+    up the starts that were lost (one loop, ``SagaStarter.sweep_forever``)."""
+    applications = ApplicationStarter(
+        app.state.onboarding, app.state.temporal.get, task_queue=settings.task_queue
+    )
+    app.state.application_starter = applications
+    starter = SagaStarter(
+        app.state.payments,
+        app.state.temporal.get,
+        task_queue=settings.task_queue,
+        four_eyes_threshold_minor=settings.four_eyes_threshold_minor,
+        also_sweep=[applications.sweep],
+    )
+    app.state.saga_starter = starter
+    return starter
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -74,13 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await pool.open(wait=False)
         app.state.ledger = LedgerStore(pool)
         app.state.payments = PaymentStore(pool)
-        starter = SagaStarter(
-            app.state.payments,
-            app.state.temporal.get,
-            task_queue=settings.task_queue,
-            four_eyes_threshold_minor=settings.four_eyes_threshold_minor,
-        )
-        app.state.saga_starter = starter
+        starter = _install_starters(app, settings)
         sweep = asyncio.create_task(starter.sweep_forever())
         try:
             yield

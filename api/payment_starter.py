@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -117,6 +117,7 @@ class SagaStarter:
         sweep_every: float = 2.0,
         stamp_every: float = 0.25,
         max_in_flight: int = 64,
+        also_sweep: Sequence[Callable[[], Awaitable[int]]] = (),
     ) -> None:
         self._store = store
         self._temporal = temporal
@@ -126,6 +127,7 @@ class SagaStarter:
         self._sweep_every = sweep_every
         self._stamp_every = stamp_every
         self._max_in_flight = max_in_flight
+        self._also_sweep = also_sweep  # other promises' sweeps (onboarding), in this loop
         self._in_flight: set[asyncio.Task[bool]] = set()
         self._unstamped: list[str] = []  # started, not yet stamped
         self._stopping = asyncio.Event()
@@ -211,8 +213,8 @@ class SagaStarter:
         return True
 
     async def sweep(self, limit: int = 100) -> int:
-        """Start the payments and refunds left unstarted past the grace period; how many
-        it started."""
+        """Start the payments and refunds (and ``also_sweep``'s) left unstarted past the
+        grace period; how many it started."""
         stranded = await self._store.saga_not_started(older_than=self._grace, limit=limit)
         started = 0
         for payment in stranded:
@@ -224,9 +226,11 @@ class SagaStarter:
             older_than=self._grace, limit=limit
         ):
             if not await self.start_refund(payment, refund):
-                break
+                return started
             log.info("refund %s: saga started by the sweep", refund.id)
             started += 1
+        for other in self._also_sweep:
+            started += await other()
         return started
 
     async def sweep_forever(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -74,6 +74,7 @@ onboarding_applications = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("completed_at", DateTime(timezone=True)),
+    Column("saga_started_at", DateTime(timezone=True)),  # None: its workflow not started yet
 )
 
 onboarding_requests = Table(
@@ -130,6 +131,7 @@ class StoredApplication:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    saga_started_at: datetime | None
 
     @property
     def terminal(self) -> bool:
@@ -251,6 +253,34 @@ class OnboardingStore:
         if row["request_hash"] != request_hash:
             raise IdempotencyKeyReused("this Idempotency-Key was used for another application")
         return _application(row)
+
+    def mark_started(self, onboarding_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                onboarding_applications.update()
+                .where(
+                    onboarding_applications.c.id == onboarding_id,
+                    onboarding_applications.c.saga_started_at.is_(None),
+                )
+                .values(saga_started_at=func.now())
+            )
+
+    def not_started(self, *, older_than: timedelta, limit: int) -> list[StoredApplication]:
+        """Applications still ``received`` whose workflow was not started within
+        ``older_than``, oldest first (the partial index ``onboarding_saga_not_started``)."""
+        c = onboarding_applications.c
+        statement = (
+            select(onboarding_applications)
+            .where(
+                c.saga_started_at.is_(None),
+                c.status == "received",
+                c.created_at < func.now() - older_than,
+            )
+            .order_by(c.created_at)
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return [_application(row) for row in conn.execute(statement).mappings()]
 
     def get(self, onboarding_id: str) -> StoredApplication | None:
         statement = select(onboarding_applications).where(

@@ -19,23 +19,17 @@ from fastapi import APIRouter, Request, Response, status
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
 
 from api.auth import Principal, require_role
 from api.deps import (
     IdempotencyHeader,
-    SettingsDep,
     TemporalClientDep,
     require_idempotency_key,
     temporal_or_503,
 )
 from api.errors import ProblemError
+from api.onboarding_starter import ApplicationStarter
 from api.workflow_calls import live_view
 from infra.onboarding_store import OnboardingStore, StoredApplication
 from models.contracts import Address, PersonalData
@@ -44,12 +38,10 @@ from models.onboarding import (
     CANCEL_SIGNAL,
     DOCUMENTS_SUBMITTED_SIGNAL,
     GET_APPLICATION_QUERY,
-    ONBOARDING_WORKFLOW,
     RESEND_REMINDER_SIGNAL,
     TERMINAL_ONBOARDING,
     CancelApplication,
     DocumentsSubmitted,
-    OnboardingInput,
     OnboardingState,
 )
 from models.onboarding_schemas import (
@@ -62,6 +54,13 @@ from models.onboarding_schemas import (
 )
 
 router = APIRouter(prefix="/v1/onboarding", tags=["onboarding"])
+
+
+def _starter(request: Request) -> ApplicationStarter:
+    starter: ApplicationStarter = request.app.state.application_starter
+    return starter
+
+
 STATUS = SearchAttributeKey.for_keyword("OnboardingStatus")
 ACCEPTED = status.HTTP_202_ACCEPTED
 
@@ -169,57 +168,21 @@ async def _live(client: Client | None, application: StoredApplication) -> Onboar
     )
 
 
-async def _start(client: Client, application: StoredApplication, task_queue: str) -> None:
-    try:
-        await client.start_workflow(
-            ONBOARDING_WORKFLOW,
-            OnboardingInput(
-                onboarding_id=application.id,
-                customer_id=application.customer_id,
-                client_id=application.client_id,
-                country=application.country,
-                currency=application.currency,
-                documents_provided=not application.missing,
-            ),
-            id=application.id,
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(
-                        SearchAttributeKey.for_keyword("OnboardingStatus"), "received"
-                    )
-                ]
-            ),
-        )
-    except WorkflowAlreadyStartedError:
-        pass
-    except RPCError as exc:
-        raise ProblemError(
-            503, "unavailable", "The application could not be started",
-            "retry with the same Idempotency-Key; it will start once",
-        ) from exc  # fmt: skip
-
-
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ApplicationPublic,
     response_model_exclude_none=True,
 )
-async def apply(  # noqa: PLR0917 - FastAPI passes dependencies by name
+async def apply(
     body: ApplicationCreate,
     request: Request,
     response: Response,
     principal: App,
-    settings: SettingsDep,
-    temporal: TemporalClientDep,
     key: IdempotencyHeader = None,
 ) -> ApplicationPublic:
     """An app applies for a person; the platform verifies, screens and decides."""
     key = require_idempotency_key(key)
-    client = temporal_or_503(temporal)
     application, created = await asyncio.to_thread(
         _store(request).apply,
         onboarding_id=new_id("onb"),
@@ -233,8 +196,10 @@ async def apply(  # noqa: PLR0917 - FastAPI passes dependencies by name
         currency=body.currency,
         documents_provided=body.document is not None,
     )
-    if application.status not in TERMINAL_ONBOARDING:
-        await _start(client, application, settings.task_queue)
+    # The committed application is the promise: with Temporal away the answer is still 202
+    # and the sweep starts it once it is back (api/onboarding_starter.py).
+    if application.status == "received" and application.saga_started_at is None:
+        await _starter(request).start(application)
     response.headers["Location"] = f"/v1/onboarding/{application.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -12,7 +12,6 @@ and the moments are printed so a failing run can be repeated (``BFC_FAULT_SEED``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -39,6 +38,7 @@ from tests.helpers.payments import (
     wait_for,
     wait_for_refund,
 )
+from tests.helpers.stack import stopped
 
 pytestmark = pytest.mark.lifecycle
 log = logging.getLogger(__name__)
@@ -117,17 +117,6 @@ async def _funded_wallets(
     bob = await open_wallet(api, logins.headers("bob"), CURRENCY)
     await _fund(api, logins, alice)
     return alice_h, alice, bob, await available(api, alice_h, alice)
-
-
-@contextlib.asynccontextmanager
-async def _stopped(stack: Stack, name: str) -> AsyncIterator[None]:
-    """``name`` stopped for the block and started again however the block ends: a failed
-    check must not leave the rest of the session without it."""
-    await asyncio.to_thread(stack.down, (name,))
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(stack.up, (name,))
 
 
 async def _gone(stack: Stack, pid: int) -> None:
@@ -224,7 +213,7 @@ async def test_payments_survive_a_temporal_restart(
     started = [await pay(api, alice_h, body) for body in _mix(alice, bob, 12, random.Random(7))]  # noqa: S311
 
     # Its data is on disk: the server comes back with every open workflow.
-    async with _stopped(stack, "temporal"):
+    async with stopped(stack, "temporal"):
         # Meanwhile the API still accepts payments: the committed row is the promise, and
         # the sweep starts each saga once Temporal is back.
         accepted = [
@@ -269,7 +258,7 @@ async def test_a_refund_asked_for_while_temporal_is_down_is_made_once_it_is_back
     refunds = f"/v1/payments/{payment['id']}/refunds"
     asked = {**alice_h, "Idempotency-Key": str(uuid.uuid4())}
 
-    async with _stopped(stack, "temporal"):
+    async with stopped(stack, "temporal"):
         # The reservation is committed: that is the promise, answered 202 (it was a 500 and
         # a reservation that stayed pending, and reserved, for good).
         t0 = time.monotonic()
@@ -316,7 +305,7 @@ async def test_payments_survive_a_postgres_restart(
     # Sagas are in flight (the slow card among them) when the database goes away.
     body = _mix(alice, bob, 1, rng)[0]
     key = f"pg-restart-{started[0]['id']}"
-    async with _stopped(stack, "postgres"):
+    async with stopped(stack, "postgres"):
         refused = await api.post(
             "/v1/payments", json=body, headers={**alice_h, "Idempotency-Key": key}
         )
@@ -365,7 +354,7 @@ async def test_payments_keep_flowing_while_the_mail_relay_is_down(
         "amount": 1,
         "currency": CURRENCY,
     }
-    async with _stopped(stack, "smtp"):
+    async with stopped(stack, "smtp"):
         # More payments than the worker has workflow-task slots (100). Before, each one held
         # a slot retrying its mail, and the payments after them waited in `processing`.
         started = [await pay(api, alice_h, body) for _ in range(110)]
@@ -409,7 +398,7 @@ async def test_reads_and_changes_do_not_hang_while_the_worker_is_down(
         response = await asyncio.wait_for(call, 45)
         return response, time.monotonic() - t0
 
-    async with _stopped(stack, "worker"):
+    async with stopped(stack, "worker"):
         payment = await pay(
             api,
             alice_h,

@@ -20,21 +20,27 @@ from temporalio.client import Client
 
 from infra.keycloak import client_credentials_login, password_login
 from infra.settings import Settings
+from infra.stack.launcher import Stack
 from infra.vault import SecretStore, connect_vault
 from tests.helpers.logins import Logins
 from tests.helpers.mailbox import body_of, mails_to
 from tests.helpers.payments import pay_and_wait
+from tests.helpers.stack import stopped
 
 pytestmark = pytest.mark.stack
 
 TERMINAL = {"approved", "rejected", "expired", "canceled"}
 
 
-@pytest.fixture(scope="module")
-def app_headers(settings: Settings) -> dict[str, str]:
+def _app_login(settings: Settings) -> dict[str, str]:
     creds = SecretStore(connect_vault(settings), settings).read("keycloak")
     token = client_credentials_login(settings, creds["client_id"], creds["client_secret"])
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def app_headers(settings: Settings) -> dict[str, str]:
+    return _app_login(settings)
 
 
 @pytest.fixture
@@ -165,6 +171,37 @@ async def test_a_clean_applicant_becomes_a_customer_who_can_pay(
         for where, text in (("history", history), ("search attributes", attributes)):
             assert secret not in text, f"{secret!r} in the {where}"
             assert base64.b64encode(secret.encode()).decode()[:-2] not in text, (secret, where)
+
+
+@pytest.mark.lifecycle  # stops Temporal: runs with the fault tests, last
+async def test_an_application_made_while_temporal_is_down_starts_once_it_is_back(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    settings: Settings,
+    logins: Logins,
+    users_to_delete: list[str],
+    unique: str,
+) -> None:
+    # Its own token: the module's may have expired by the time the last tests run.
+    app_headers = _app_login(settings)
+    body = application(
+        unique, given="Jonas", family="Berg", born="1990-02-03", document=f"CLEAR{unique[:8]}"
+    )
+    key = {**app_headers, "Idempotency-Key": str(uuid.uuid4())}
+    async with stopped(stack, "temporal"):
+        # Committed, so accepted: it was a 503 that left the application ``received`` for
+        # good unless the app sent the same request again.
+        response = await api.post("/v1/onboarding", json=body, headers=key)
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "received"
+        again = await api.post("/v1/onboarding", json=body, headers=key)
+        assert (again.status_code, again.json()["id"]) == (202, response.json()["id"])
+
+    # Nobody sends it again: the API's sweep starts its workflow once Temporal is back.
+    onboarding_id = response.json()["id"]
+    decided = await wait_status(api, logins.headers("olivia"), onboarding_id, TERMINAL, 120)
+    users_to_delete.append(decided["user_id"])
+    assert decided["status"] == "approved", decided
 
 
 async def test_a_sanctions_match_goes_to_review_and_a_rejection_keeps_the_user_out(
