@@ -22,6 +22,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -156,7 +157,7 @@ class NotifyActivities:
         body = event_body(
             event_id=event.id, event_type=event.type, created_at=event.created_at, data=event.data
         )
-        secret = await asyncio.to_thread(store.signing_secret, endpoint)
+        secrets = await asyncio.to_thread(store.signing_secrets, endpoint, datetime.now(UTC))
         failure: WebhookFailed | None = None
         try:
             accepted = await self._sender.send(
@@ -164,7 +165,7 @@ class NotifyActivities:
                 event_id=event.id,
                 event_type=event.type,
                 body=body,
-                secret=secret,
+                secrets=secrets,
             )
             status_code: int | None = accepted.status_code
         except WebhookFailed as exc:

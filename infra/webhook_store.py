@@ -10,7 +10,7 @@ own transaction where there is one) and read back here for delivery.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     func,
     select,
     update,
@@ -54,6 +55,8 @@ webhook_endpoints = Table(
     Column("created_by", String(64), nullable=False),
     Column("deleted_at", DateTime(timezone=True), nullable=True),
     Column("signing_secret", Text, nullable=True),  # an envelope (0008)
+    Column("previous_signing_secret", Text, nullable=True),  # an envelope (0011)
+    Column("previous_secret_expires_at", DateTime(timezone=True), nullable=True),
 )
 
 events = Table(
@@ -103,6 +106,8 @@ def _endpoint(row: RowMapping) -> WebhookEndpoint:
         created_by=row["created_by"],
         deleted=row["deleted_at"] is not None,
         signing_secret=row["signing_secret"],
+        previous_signing_secret=row["previous_signing_secret"],
+        previous_secret_expires_at=row["previous_secret_expires_at"],
     )
 
 
@@ -202,12 +207,87 @@ class WebhookStore:
             session.commit()
         return True
 
+    def roll_secret(
+        self,
+        *,
+        client_id: str,
+        endpoint_id: str,
+        signing_secret: str,
+        keep_previous_for: timedelta,
+        rolled_by: str,
+    ) -> WebhookEndpoint | None:
+        """Give the app's endpoint a new secret; None when it has none by that id.
+
+        The secret its receivers verify with now keeps signing next to the new one for
+        ``keep_previous_for`` (zero: it stops at once). Rolled again while a rollover is
+        under way, the secret from before the rollover stays, with its expiry, and only the
+        new one is replaced: a roll sent twice (its answer lost) costs the receivers nothing.
+        """
+        c = webhook_endpoints.c
+        sealed = self._cipher.encrypt(signing_secret.encode()).decode()
+        keep = keep_previous_for > timedelta(0)
+        under_way = c.previous_secret_expires_at > func.now()
+        with Session(self._engine) as session:
+            row = (
+                session.connection()
+                .execute(
+                    update(webhook_endpoints)
+                    .where(c.id == endpoint_id, c.client_id == client_id, c.deleted_at.is_(None))
+                    .values(
+                        # The right-hand sides read the row as it was before this UPDATE.
+                        previous_signing_secret=case(
+                            (under_way, c.previous_signing_secret), else_=c.signing_secret
+                        )
+                        if keep
+                        else None,
+                        previous_secret_expires_at=case(
+                            (under_way, c.previous_secret_expires_at),
+                            else_=func.now() + keep_previous_for,
+                        )
+                        if keep
+                        else None,
+                        signing_secret=sealed,
+                    )
+                    .returning(*webhook_endpoints.c)
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                return None
+            record_audit_event(
+                session,
+                actor=rolled_by,
+                action="webhooks.secret_rolled",
+                subject=endpoint_id,
+                details={
+                    "client_id": client_id,
+                    "previous_secret_expires_at": (
+                        None
+                        if row["previous_secret_expires_at"] is None
+                        else row["previous_secret_expires_at"].isoformat()
+                    ),
+                },
+            )
+            session.commit()
+        return _endpoint(row)
+
     def signing_secret(self, endpoint: WebhookEndpoint) -> str | None:
         """The endpoint's own secret in the clear, or None when it has none (registered
         before endpoints had one)."""
-        if endpoint.signing_secret is None:
-            return None
-        return self._cipher.decrypt(endpoint.signing_secret.encode()).decode()
+        return self._open(endpoint.signing_secret)
+
+    def signing_secrets(self, endpoint: WebhookEndpoint, now: datetime) -> list[str | None]:
+        """What a delivery at ``now`` is signed with: the endpoint's secret, and its previous
+        one while a rollover is under way (None: the platform's secret)."""
+        found = [self._open(endpoint.signing_secret)]
+        expires = endpoint.previous_secret_expires_at
+        if expires is not None and now < expires:
+            found.append(self._open(endpoint.previous_signing_secret))
+        return found
+
+    def _open(self, envelope: str | None) -> str | None:
+        return None if envelope is None else self._cipher.decrypt(envelope.encode()).decode()
 
     def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
         statement = select(webhook_endpoints).where(webhook_endpoints.c.id == endpoint_id)

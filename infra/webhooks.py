@@ -25,7 +25,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,16 @@ def new_signing_secret() -> str:
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The ``BFC-Signature`` header value for ``body`` sent at ``timestamp``."""
-    return f"t={timestamp},{SCHEME}={_digest(secret, timestamp, body)}"
+    return sign_with_each([secret], timestamp, body)
+
+
+def sign_with_each(secrets: Sequence[str], timestamp: int, body: bytes) -> str:
+    """The header with one ``v1`` signature per secret (the new and the previous one while
+    an endpoint's secret is rolled over): a receiver accepts it with either."""
+    signatures = ",".join(
+        f"{SCHEME}={_digest(secret, timestamp, body)}" for secret in dict.fromkeys(secrets)
+    )
+    return f"t={timestamp},{signatures}"
 
 
 def parse_signature(header: str) -> tuple[int, list[str]]:
@@ -173,15 +182,18 @@ class WebhookSender:
         event_id: str,
         event_type: str,
         body: bytes,
-        secret: str | None = None,
+        secrets: Sequence[str | None] = (None,),
     ) -> Accepted:
-        """POST one event signed with ``secret`` (the endpoint's own; without one, the
-        platform's); ``Accepted`` on 2xx, else raise ``WebhookFailed``."""
+        """POST one event signed with each of ``secrets`` (the endpoint's own, and its
+        previous one during a rollover; None stands for the platform's secret);
+        ``Accepted`` on 2xx, else raise ``WebhookFailed``."""
         # Signed now, at each attempt: a retry hours later still arrives fresh.
         timestamp = int(self._clock())
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(secret or self._secret, timestamp, body),
+            SIGNATURE_HEADER: sign_with_each(
+                [secret or self._secret for secret in secrets], timestamp, body
+            ),
             EVENT_ID_HEADER: event_id,
             EVENT_TYPE_HEADER: event_type,
         }

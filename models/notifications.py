@@ -128,6 +128,10 @@ class WebhookEndpoint:
     # The endpoint's own signing secret as an envelope (never in the clear here); None for
     # an endpoint registered before endpoints had one (signed with the platform's secret).
     signing_secret: str | None = field(default=None, repr=False)
+    # While its secret is rolled over: the one before, as an envelope (None: the platform's
+    # secret), signing next to the new one until ``previous_secret_expires_at``.
+    previous_signing_secret: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

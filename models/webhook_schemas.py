@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from models.notifications import WebhookEndpoint
 
 MAX_URL_LENGTH = 2048
+DEFAULT_PREVIOUS_SECRET_SECONDS = 24 * 3600
+MAX_PREVIOUS_SECRET_SECONDS = 7 * 24 * 3600
 
 
 class WebhookEndpointCreate(BaseModel):
@@ -27,12 +29,24 @@ class WebhookEndpointCreate(BaseModel):
     )
 
 
+class WebhookSecretRoll(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # How long the secret in use now keeps signing next to the new one: time for the app
+    # to give its receivers the new secret. 0: it stops at once (it leaked).
+    expire_previous_after_seconds: int = Field(
+        default=DEFAULT_PREVIOUS_SECRET_SECONDS, ge=0, le=MAX_PREVIOUS_SECRET_SECONDS
+    )
+
+
 class WebhookEndpointPublic(BaseModel):
     id: str
     url: str
     event_types: list[str]
     enabled: bool
     created_at: datetime
+    # Set while a rolled-over secret still signs next to the current one.
+    previous_secret_expires_at: datetime | None = None
 
     @classmethod
     def of(cls, endpoint: WebhookEndpoint) -> WebhookEndpointPublic:
@@ -42,12 +56,13 @@ class WebhookEndpointPublic(BaseModel):
             event_types=endpoint.event_types,
             enabled=endpoint.enabled,
             created_at=endpoint.created_at,
+            previous_secret_expires_at=endpoint.previous_secret_expires_at,
         )
 
 
 class WebhookEndpointCreated(WebhookEndpointPublic):
-    """The answer to a registration: the endpoint, with its signing secret, shown this once
-    (it is kept only encrypted; an app that loses it registers the endpoint again)."""
+    """The answer to a registration or a secret roll: the endpoint, with its signing secret,
+    shown this once (it is kept only encrypted; an app that loses it rolls it again)."""
 
     secret: str
 

@@ -9,7 +9,10 @@ URLs must be ``https://``; plain ``http://`` is accepted too while the setting
 local stack, whose receivers listen on loopback. Production sets it to false.
 
 Each endpoint is signed with a secret of its own, answered once at registration (``secret``,
-``whsec_…``) and kept only encrypted: no app can sign for another. With
+``whsec_…``) and kept only encrypted: no app can sign for another. ``roll-secret`` gives an
+endpoint a new one, answered once the same way; the one in use keeps signing next to it
+(a second ``v1`` signature) until ``previous_secret_expires_at``, 24 hours unless the app
+asks otherwise (0: at once, for a secret that leaked). With
 ``webhooks_allow_private_addresses`` false (production), an endpoint must be on a public
 address (``infra/webhook_destinations.py``).
 
@@ -21,6 +24,7 @@ way ``errors`` lists every offending field with its own ``code``.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,6 +42,7 @@ from models.webhook_schemas import (
     WebhookEndpointCreated,
     WebhookEndpointList,
     WebhookEndpointPublic,
+    WebhookSecretRoll,
 )
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
@@ -153,7 +158,34 @@ async def delete_webhook_endpoint(
         deleted_by=principal.subject,
     )
     if not deleted:
-        raise ProblemError(
-            404, "webhook_endpoint_not_found", "No such webhook endpoint", endpoint_id
-        )
+        raise _not_found(endpoint_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{endpoint_id}/roll-secret", response_model=WebhookEndpointCreated)
+async def roll_webhook_secret(
+    endpoint_id: str,
+    principal: AppPrincipal,
+    store: WebhookStoreDep,
+    body: WebhookSecretRoll | None = None,
+) -> WebhookEndpointCreated:
+    """A new signing secret for one of the calling app's endpoints, shown this once. The
+    secret in use keeps signing next to it until ``previous_secret_expires_at``; rolled
+    again meanwhile, only the new secret is replaced."""
+    body = body or WebhookSecretRoll()
+    secret = new_signing_secret()
+    endpoint = await asyncio.to_thread(
+        store.roll_secret,
+        client_id=_client_of(principal),
+        endpoint_id=endpoint_id,
+        signing_secret=secret,
+        keep_previous_for=timedelta(seconds=body.expire_previous_after_seconds),
+        rolled_by=principal.subject,
+    )
+    if endpoint is None:
+        raise _not_found(endpoint_id)
+    return WebhookEndpointCreated(**WebhookEndpointPublic.of(endpoint).model_dump(), secret=secret)
+
+
+def _not_found(endpoint_id: str) -> ProblemError:
+    return ProblemError(404, "webhook_endpoint_not_found", "No such webhook endpoint", endpoint_id)

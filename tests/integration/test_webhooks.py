@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -405,7 +406,15 @@ async def test_an_app_registers_lists_and_deletes_its_endpoints(
     assert response.status_code == 201, response.text
     created = response.json()
     endpoints.append((created["id"], app_headers))
-    assert set(created) == {"id", "url", "event_types", "enabled", "created_at", "secret"}
+    assert set(created) == {
+        "id",
+        "url",
+        "event_types",
+        "enabled",
+        "created_at",
+        "previous_secret_expires_at",  # None: no rollover under way
+        "secret",
+    }
     assert created["id"].startswith("we_")
     assert created["event_types"] == ["payment.refunded"]
     assert created["enabled"] is True
@@ -516,3 +525,79 @@ async def test_each_endpoint_has_its_own_secret_kept_only_encrypted(
     with Session(engine) as session:
         trail = session.exec(select(AuditEvent).where(AuditEvent.subject == theirs["id"])).all()
     assert trail and all(theirs["secret"] not in str(event.details) for event in trail)
+
+
+async def test_a_rolled_secret_signs_next_to_the_previous_one_until_it_expires(
+    api: httpx.AsyncClient,
+    endpoints: list[tuple[str, dict[str, str]]],
+    app_headers: dict[str, str],
+    other_app: App,
+    receiver: Receiver,
+    notify_queue: tuple[str, NotifyActivities],
+    temporal: Client,
+    engine: Engine,
+    unique: str,
+) -> None:
+    queue, _ = notify_queue
+    endpoint = await register(
+        api, endpoints, other_app.headers, receiver.url, ["payment.succeeded"]
+    )
+    roll = f"/v1/webhook-endpoints/{endpoint['id']}/roll-secret"
+    first = endpoint["secret"]
+    assert endpoint["previous_secret_expires_at"] is None
+
+    rolled = await api.post(
+        roll, json={"expire_previous_after_seconds": 3600}, headers=other_app.headers
+    )
+    assert rolled.status_code == 200, rolled.text
+    second, expires = rolled.json()["secret"], rolled.json()["previous_secret_expires_at"]
+    assert second.startswith("whsec_") and second != first
+    assert 3500 < (datetime.fromisoformat(expires) - datetime.now(UTC)).total_seconds() <= 3600
+    # Rolled again (its answer lost, say): the secret from before the rollover stays, with
+    # its expiry; only the new one is replaced.
+    again = await api.post(
+        roll, json={"expire_previous_after_seconds": 60}, headers=other_app.headers
+    )
+    third = again.json()["secret"]
+    assert third not in {first, second}
+    assert again.json()["previous_secret_expires_at"] == expires
+
+    event = an_event(other_app.client_id, None, unique)
+    await deliver(temporal, queue, event)
+    (request,) = receiver.requests
+    assert_signed(request, third, event)
+    assert_signed(request, first, event)  # receivers not moved over yet still accept it
+    with pytest.raises(InvalidSignature):
+        verify(second, request.headers["BFC-Signature"], request.body, now=time.time())
+
+    # Leaked: rolled with no overlap, only the newest secret signs from now on.
+    ended = await api.post(
+        roll, json={"expire_previous_after_seconds": 0}, headers=other_app.headers
+    )
+    fourth = ended.json()["secret"]
+    assert ended.json()["previous_secret_expires_at"] is None
+    later = an_event(other_app.client_id, None, unique + "later")
+    await deliver(temporal, queue, later)
+    header = receiver.requests[1].headers["BFC-Signature"]
+    assert header.count("v1=") == 1
+    assert_signed(receiver.requests[1], fourth, later)
+    for old in (first, third):
+        with pytest.raises(InvalidSignature):
+            verify(old, header, receiver.requests[1].body, now=time.time())
+
+    # Only the owner rolls, and the body is checked.
+    theirs = await api.post(roll, headers=app_headers)
+    assert (theirs.status_code, theirs.json()["code"]) == (404, "webhook_endpoint_not_found")
+    bad = await api.post(
+        roll, json={"expire_previous_after_seconds": -1}, headers=other_app.headers
+    )
+    assert bad.status_code == 422
+    assert [e["field"] for e in bad.json()["errors"]] == ["expire_previous_after_seconds"]
+    with Session(engine) as session:
+        trail = session.exec(
+            select(AuditEvent).where(
+                AuditEvent.subject == endpoint["id"], AuditEvent.action == "webhooks.secret_rolled"
+            )
+        ).all()
+    assert len(trail) == 3
+    assert all(s not in str(e.details) for e in trail for s in (first, second, third, fourth))

@@ -15,6 +15,7 @@ from api.routes.webhooks import url_problem
 from infra.webhooks import (
     DestinationRefused,
     EndpointGone,
+    InvalidSignature,
     WebhookFailed,
     WebhookSender,
     event_body,
@@ -50,6 +51,28 @@ async def test_a_request_carries_the_event_id_type_and_a_signature_over_its_body
     assert request.headers["BFC-Event-Type"] == "payment.failed"
     assert request.headers["Content-Type"] == "application/json"
     verify(SECRET, request.headers["BFC-Signature"], request.content, now=NOW)
+
+
+async def test_during_a_rollover_each_secret_signs_and_none_stands_for_the_platforms() -> None:
+    seen: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    await sender(receiver).send(
+        url="https://app.example/hooks",
+        event_id="evt_x",
+        event_type="payment.failed",
+        body=BODY,
+        secrets=("whsec_new", None),
+    )
+    header = seen[0].headers["BFC-Signature"]
+    assert header.count("v1=") == 2
+    for secret in ("whsec_new", SECRET):  # a receiver on either secret accepts it
+        verify(secret, header, BODY, now=NOW)
+    with pytest.raises(InvalidSignature):
+        verify("whsec_someone_else", header, BODY, now=NOW)
 
 
 @pytest.mark.parametrize("status", [301, 400, 404, 500, 503])

@@ -7,7 +7,14 @@ import hmac
 
 import pytest
 
-from infra.webhooks import InvalidSignature, event_body, parse_signature, sign, verify
+from infra.webhooks import (
+    InvalidSignature,
+    event_body,
+    parse_signature,
+    sign,
+    sign_with_each,
+    verify,
+)
 
 SECRET = "whsec-test-0123456789"
 NOW = 1_790_000_000
@@ -71,6 +78,14 @@ def test_any_of_several_v1_signatures_may_match() -> None:
     ours = sign(SECRET, NOW, BODY).split(",")[1]
     header = f"t={NOW},v1={'0' * 64},{ours},v0=ignored"
     verify(SECRET, header, BODY, now=NOW)
+
+
+def test_signed_with_each_secret_once() -> None:
+    header = sign_with_each([SECRET, "whsec-previous", SECRET], NOW, BODY)
+    assert header.startswith(f"t={NOW},") and header.count("v1=") == 2
+    verify(SECRET, header, BODY, now=NOW)
+    verify("whsec-previous", header, BODY, now=NOW)
+    assert header.split(",")[1] == sign(SECRET, NOW, BODY).split(",")[1]
 
 
 def test_header_parsing() -> None:
