@@ -55,10 +55,12 @@ def url_host_problem(url: str) -> str | None:
     return None
 
 
-async def pinned(url: httpx.URL, resolver: Resolver) -> tuple[httpx.URL, dict[str, str]]:
-    """The URL to connect to (the host replaced by its checked address) and the headers
-    that keep the request addressed to the name (Host; TLS is verified against the name
-    through ``sni_hostname``). Raises ``LookupError`` naming a refused address."""
+async def pinned(url: httpx.URL, resolver: Resolver) -> tuple[list[httpx.URL], dict[str, str]]:
+    """The URLs to connect to, one per checked address of the name in the resolver's order
+    (a dual-stack name has an IPv6 and an IPv4 one; the sender tries the next when it
+    cannot connect), and the headers that keep the request addressed to the name (Host;
+    TLS is verified against the name through ``sni_hostname``). Raises ``LookupError``
+    naming a refused address."""
     host = url.host
     port = url.port or (443 if url.scheme == "https" else 80)
     address = literal_address(host)
@@ -66,6 +68,5 @@ async def pinned(url: httpx.URL, resolver: Resolver) -> tuple[httpx.URL, dict[st
     refused = [a for a in addresses if not is_public(a)]
     if refused or not addresses:
         raise LookupError(f"{host} resolves to a non-public address ({', '.join(refused)})")
-    chosen = addresses[0]
     host_header = host if url.port is None else f"{host}:{url.port}"
-    return url.copy_with(host=chosen), {"Host": host_header}
+    return [url.copy_with(host=a) for a in addresses], {"Host": host_header}

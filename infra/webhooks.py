@@ -197,12 +197,12 @@ class WebhookSender:
             EVENT_ID_HEADER: event_id,
             EVENT_TYPE_HEADER: event_type,
         }
-        target = httpx.URL(url)
+        targets = [httpx.URL(url)]
         extensions: dict[str, Any] = {}
         if not self._allow_private:
-            named = target
+            named = targets[0]
             try:
-                target, host_header = await pinned(named, self._resolve)
+                targets, host_header = await pinned(named, self._resolve)
             except LookupError as exc:
                 raise DestinationRefused(str(exc), status_code=None) from exc
             except OSError as exc:  # the name does not resolve (now): retried
@@ -210,26 +210,40 @@ class WebhookSender:
                     f"{named.host} does not resolve: {exc}", status_code=None
                 ) from exc
             headers.update(host_header)
-            if target.scheme == "https":
+            if named.scheme == "https":
                 extensions["sni_hostname"] = named.host  # the certificate is checked for the name
-        try:
-            # Streamed: a receiver's answer body is read only as far as an error excerpt
-            # needs, however much it sends.
-            async with self._client.stream(
-                "POST", target, content=body, headers=headers, extensions=extensions
-            ) as response:
-                status = response.status_code
-                excerpt = b""
-                if not response.is_success:
-                    async for chunk in response.aiter_bytes():
-                        excerpt += chunk
-                        if len(excerpt) >= _ERROR_EXCERPT:
-                            break
-        except httpx.HTTPError as exc:
-            raise WebhookFailed(f"{type(exc).__name__}: {exc}", status_code=None) from exc
+        unreachable: list[str] = []
+        for target in targets:
+            try:
+                status, excerpt = await self._post(target, body, headers, extensions)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Nothing was sent: the name's next address may answer (an IPv6 address on
+                # a host without an IPv6 route, one server of several down).
+                unreachable.append(f"{target.host}: {type(exc).__name__}: {exc}")
+            except httpx.HTTPError as exc:
+                raise WebhookFailed(f"{type(exc).__name__}: {exc}", status_code=None) from exc
+        else:
+            raise WebhookFailed("; ".join(unreachable), status_code=None)
         if status == httpx.codes.GONE:
             raise EndpointGone("the endpoint answered 410 Gone", status_code=status)
         if not 200 <= status < 300:
             text = excerpt[:_ERROR_EXCERPT].decode(errors="replace")
             raise WebhookFailed(f"the endpoint answered {status}: {text}", status_code=status)
         return Accepted(status_code=status)
+
+    async def _post(
+        self, target: httpx.URL, body: bytes, headers: dict[str, str], extensions: dict[str, Any]
+    ) -> tuple[int, bytes]:
+        # Streamed: a receiver's answer body is read only as far as an error excerpt needs,
+        # however much it sends.
+        async with self._client.stream(
+            "POST", target, content=body, headers=headers, extensions=extensions
+        ) as response:
+            excerpt = b""
+            if not response.is_success:
+                async for chunk in response.aiter_bytes():
+                    excerpt += chunk
+                    if len(excerpt) >= _ERROR_EXCERPT:
+                        break
+            return response.status_code, excerpt

@@ -184,6 +184,52 @@ async def test_a_public_only_sender_connects_to_the_address_it_checked() -> None
     verify(SECRET, request.headers["BFC-Signature"], request.content, now=NOW)
 
 
+async def test_a_public_only_sender_tries_the_next_address_it_cannot_connect_to() -> None:
+    tried: list[str] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        if request.url.host == "2606:4700:4700::1111":  # a host without an IPv6 route, say
+            raise httpx.ConnectError("Network is unreachable", request=request)
+        return httpx.Response(200)
+
+    names = {"dual.example": ["2606:4700:4700::1111", "93.184.216.34"]}
+    accepted = await public_only(receiver, names).send(
+        url="https://dual.example/in", event_id="e", event_type="t", body=BODY
+    )
+    assert accepted.status_code == 200
+    assert tried == ["2606:4700:4700::1111", "93.184.216.34"]
+
+
+async def test_only_a_failure_to_connect_moves_on_and_all_failing_is_one_retry() -> None:
+    tried: list[str] = []
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    names = {"two.example": ["93.184.216.34", "93.184.216.35"]}
+    with pytest.raises(WebhookFailed, match=r"93\.184\.216\.35") as failed:
+        await public_only(unreachable, names).send(
+            url="https://two.example/", event_id="e", event_type="t", body=BODY
+        )
+    assert tried == ["93.184.216.34", "93.184.216.35"] and failed.value.status_code is None
+
+    # Once the request may have been sent (no answer in time), the next address is not
+    # tried: the receiver might get the event twice within one attempt.
+    tried.clear()
+
+    def silent(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    with pytest.raises(WebhookFailed):
+        await public_only(silent, names).send(
+            url="https://two.example/", event_id="e", event_type="t", body=BODY
+        )
+    assert tried == ["93.184.216.34"]
+
+
 @pytest.mark.parametrize(
     "addresses",
     [["10.0.0.7"], ["93.184.216.34", "127.0.0.1"], ["fd00::1"], ["169.254.169.254"]],
