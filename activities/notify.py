@@ -29,7 +29,7 @@ from temporalio.exceptions import ApplicationError
 
 from infra.event_log import EventLog
 from infra.identity import MailAddresses
-from infra.notifier import Notifier
+from infra.notifier import SMTP_TIMEOUT_SECONDS, Notifier
 from infra.webhook_store import WebhookStore
 from infra.webhooks import EndpointGone, WebhookFailed, WebhookSender, event_body
 from models.notifications import (
@@ -48,6 +48,11 @@ from models.notifications import (
 )
 
 INLINE_PAUSE_SECONDS = 30.0
+# Each wait on the relay in an inline attempt: a healthy relay answers in milliseconds, and
+# the mail goes to durable delivery (which waits the notifier's full timeout) when it does
+# not. A relay that hangs holds the payments whose mails reach it before the first failure
+# closes the gate: for this long, not ten seconds.
+INLINE_SMTP_TIMEOUT_SECONDS = 3.0
 
 
 class InlineMailGate:
@@ -197,7 +202,9 @@ class NotifyActivities:
                 non_retryable=True,
             )
         try:
-            outcome = self._email_customer(event)
+            outcome = self._email_customer(
+                event, timeout=INLINE_SMTP_TIMEOUT_SECONDS if inline else SMTP_TIMEOUT_SECONDS
+            )
         except Exception:
             if inline:
                 self._inline_gate.failed()
@@ -205,7 +212,7 @@ class NotifyActivities:
         self._inline_gate.succeeded()
         return outcome
 
-    def _email_customer(self, event: PlatformEvent) -> EmailOutcome:
+    def _email_customer(self, event: PlatformEvent, *, timeout: float) -> EmailOutcome:
         if event.customer_id is None:
             return EmailOutcome(status="no_address", error="the event concerns no customer")
         # A customer Keycloak does not know, or one without an address, gets no mail; an
@@ -220,6 +227,8 @@ class NotifyActivities:
         message_id = f"{event.id}.customer"
         # Sent, then marked: a crash in between sends it again on retry (with the same
         # Message-ID, which mail systems recognise); marking first could lose the mail.
-        self._notifier.send(to=[address], subject=subject, body=body, message_id=message_id)
+        self._notifier.send(
+            to=[address], subject=subject, body=body, message_id=message_id, timeout=timeout
+        )
         self._store.mark_mail_sent(event.id, message_id=message_id)
         return EmailOutcome(status="sent")

@@ -5,15 +5,20 @@ one gets through; the durable delivery never pauses."""
 from __future__ import annotations
 
 import dataclasses
+import smtplib
+import socket
 import threading
+import time
 from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.notify import INLINE_PAUSE_SECONDS, NotifyActivities
+from activities.notify import INLINE_PAUSE_SECONDS, INLINE_SMTP_TIMEOUT_SECONDS, NotifyActivities
 from infra.identity import MailAddresses
+from infra.notifier import SMTP_TIMEOUT_SECONDS, Notifier
+from infra.settings import Settings
 from models.notifications import INLINE_MAIL_PAUSED, PlatformEvent
 
 
@@ -23,11 +28,15 @@ class Relay:
     def __init__(self) -> None:
         self.down = True
         self.attempts: list[str] = []
+        self.timeouts: list[float] = []
         self.hold: threading.Event | None = None  # set: a send waits for it (a hung relay)
         self.entered = threading.Event()
 
-    def send(self, *, to: list[str], subject: str, body: str, message_id: str) -> None:
+    def send(
+        self, *, to: list[str], subject: str, body: str, message_id: str, timeout: float
+    ) -> None:
         self.attempts.append(message_id)
+        self.timeouts.append(timeout)
         self.entered.set()
         if self.hold is not None:
             self.hold.wait(5)
@@ -117,6 +126,9 @@ def test_after_an_inline_failure_the_next_inline_mails_give_up_without_trying(
     assert _environment(local=False).run(activities.email_customer, _event(2)).status == "sent"
     assert inline.run(activities.email_customer, _event(3)).status == "sent"
     assert relay.attempts == ["evt_1.customer", "evt_2.customer", "evt_3.customer"]
+    # Inline attempts wait on the relay briefly; the durable delivery, the full timeout.
+    inline_wait, durable_wait = INLINE_SMTP_TIMEOUT_SECONDS, SMTP_TIMEOUT_SECONDS
+    assert relay.timeouts == [inline_wait, durable_wait, inline_wait]
 
 
 def _paused_once_until_now(activities: NotifyActivities, clock: Clock) -> ActivityEnvironment:
@@ -169,3 +181,15 @@ def test_a_failing_durable_delivery_does_not_pause_the_inline_mails(
         _environment(local=False).run(activities.email_customer, _event(1))
     relay.down = False
     assert _environment(local=True).run(activities.email_customer, _event(2)).status == "sent"
+
+
+def test_the_notifier_gives_up_on_a_relay_that_never_greets_within_its_timeout() -> None:
+    # A relay that accepts the connection and never answers: the real smtplib client.
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        settings = Settings(smtp_host="127.0.0.1", smtp_port=hung.getsockname()[1])
+        started = time.monotonic()
+        with pytest.raises((TimeoutError, smtplib.SMTPServerDisconnected)):
+            Notifier(settings).send(
+                to=["a@dev.bfc.test"], subject="s", body="b", message_id="m", timeout=0.5
+            )
+        assert time.monotonic() - started < 3
