@@ -166,6 +166,7 @@ ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/webhook-endpoints"): set(),
     ("GET", "/v1/webhook-endpoints"): set(),
     ("DELETE", "/v1/webhook-endpoints/we_nothing"): set(),
+    ("POST", "/v1/webhook-endpoints/we_nothing/roll-secret"): set(),
 }
 
 
