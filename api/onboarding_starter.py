@@ -18,9 +18,8 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
-from temporalio.service import RPCError
 
-from api.payment_starter import start_once
+from api.payment_starter import start_once, start_or_leave
 from infra.onboarding_store import OnboardingStore, StoredApplication
 from models.onboarding import ONBOARDING_WORKFLOW, OnboardingInput
 
@@ -48,32 +47,31 @@ class ApplicationStarter:
     async def start(self, application: StoredApplication) -> bool:
         """Start the workflow (or find it started) and stamp the row. False if Temporal
         could not be reached, which leaves the application to the sweep."""
-        client = await self._temporal()
-        if client is None:
-            return False
-        try:
-            await start_once(
+        request = OnboardingInput(
+            onboarding_id=application.id,
+            customer_id=application.customer_id,
+            client_id=application.client_id,
+            country=application.country,
+            currency=application.currency,
+            documents_provided=not application.missing,
+        )
+        started = await start_or_leave(
+            self._temporal,
+            lambda client: start_once(
                 client,
                 ONBOARDING_WORKFLOW,
-                OnboardingInput(
-                    onboarding_id=application.id,
-                    customer_id=application.customer_id,
-                    client_id=application.client_id,
-                    country=application.country,
-                    currency=application.currency,
-                    documents_provided=not application.missing,
-                ),
+                request,
                 id=application.id,
                 task_queue=self._task_queue,
                 search_attributes=TypedSearchAttributes(
                     [SearchAttributePair(ONBOARDING_STATUS, "received")]
                 ),
-            )
-        except RPCError as exc:
-            log.warning("application %s: start failed, left to the sweep: %s", application.id, exc)
-            return False
-        await asyncio.to_thread(self._store.mark_started, application.id)
-        return True
+            ),
+            f"application {application.id}",
+        )
+        if started:
+            await asyncio.to_thread(self._store.mark_started, application.id)
+        return started
 
     async def sweep(self, limit: int = 100) -> int:
         """Start the applications left unstarted past the grace period; how many."""

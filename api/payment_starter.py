@@ -103,6 +103,24 @@ async def start_once(
         )
 
 
+async def start_or_leave(
+    temporal: Callable[[], Awaitable[Client | None]],
+    start: Callable[[Client], Awaitable[None]],
+    what: str,
+) -> bool:
+    """Run ``start`` with the process's Temporal client. False when Temporal could not be
+    reached (no client, or the start failed), which leaves ``what`` to the sweep."""
+    client = await temporal()
+    if client is None:
+        return False
+    try:
+        await start(client)
+    except RPCError as exc:
+        log.warning("%s: start failed, left to the sweep: %s", what, exc)
+        return False
+    return True
+
+
 class SagaStarter:
     """Starts payments' workflows for one API process (module docstring)."""
 
@@ -144,16 +162,14 @@ class SagaStarter:
     async def start(self, payment: StoredPayment) -> bool:
         """Start the saga (or find it started); the row is stamped with the next flush.
         False if Temporal could not be reached, which leaves the row to the sweep."""
-        client = await self._temporal()
-        if client is None:
-            return False
-        try:
-            await self._start_workflow(client, payment)
-        except RPCError as exc:
-            log.warning("payment %s: start failed, left to the sweep: %s", payment.id, exc)
-            return False
-        self._unstamped.append(payment.id)
-        return True
+        started = await start_or_leave(
+            self._temporal,
+            lambda client: self._start_workflow(client, payment),
+            f"payment {payment.id}",
+        )
+        if started:
+            self._unstamped.append(payment.id)
+        return started
 
     async def flush_stamps(self) -> int:
         """Stamp the rows of the sagas started since the last flush; how many. On a
@@ -201,16 +217,14 @@ class SagaStarter:
     async def start_refund(self, payment: StoredPayment, refund: StoredRefund) -> bool:
         """Start the refund's workflow (or find it started) and stamp its row. False if
         Temporal could not be reached, which leaves the refund to the sweep."""
-        client = await self._temporal()
-        if client is None:
-            return False
-        try:
-            await _start_refund_workflow(client, payment, refund, self._task_queue)
-        except RPCError as exc:
-            log.warning("refund %s: start failed, left to the sweep: %s", refund.id, exc)
-            return False
-        await self._store.mark_refund_started(refund.id)
-        return True
+        started = await start_or_leave(
+            self._temporal,
+            lambda client: _start_refund_workflow(client, payment, refund, self._task_queue),
+            f"refund {refund.id}",
+        )
+        if started:
+            await self._store.mark_refund_started(refund.id)
+        return started
 
     async def sweep(self, limit: int = 100) -> int:
         """Start the payments and refunds (and ``also_sweep``'s) left unstarted past the

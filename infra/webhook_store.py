@@ -225,8 +225,19 @@ class WebhookStore:
         """
         c = webhook_endpoints.c
         sealed = self._cipher.encrypt(signing_secret.encode()).decode()
-        keep = keep_previous_for > timedelta(0)
         under_way = c.previous_secret_expires_at > func.now()
+        # The right-hand sides read the row as it was before this UPDATE.
+        previous, expires = (
+            (
+                case((under_way, c.previous_signing_secret), else_=c.signing_secret),
+                case(
+                    (under_way, c.previous_secret_expires_at),
+                    else_=func.now() + keep_previous_for,
+                ),
+            )
+            if keep_previous_for > timedelta(0)
+            else (None, None)
+        )
         with Session(self._engine) as session:
             row = (
                 session.connection()
@@ -234,18 +245,8 @@ class WebhookStore:
                     update(webhook_endpoints)
                     .where(c.id == endpoint_id, c.client_id == client_id, c.deleted_at.is_(None))
                     .values(
-                        # The right-hand sides read the row as it was before this UPDATE.
-                        previous_signing_secret=case(
-                            (under_way, c.previous_signing_secret), else_=c.signing_secret
-                        )
-                        if keep
-                        else None,
-                        previous_secret_expires_at=case(
-                            (under_way, c.previous_secret_expires_at),
-                            else_=func.now() + keep_previous_for,
-                        )
-                        if keep
-                        else None,
+                        previous_signing_secret=previous,
+                        previous_secret_expires_at=expires,
                         signing_secret=sealed,
                     )
                     .returning(*webhook_endpoints.c)

@@ -197,10 +197,10 @@ class WebhookSender:
             EVENT_ID_HEADER: event_id,
             EVENT_TYPE_HEADER: event_type,
         }
-        targets = [httpx.URL(url)]
+        named = httpx.URL(url)
+        targets = [named]
         extensions: dict[str, Any] = {}
         if not self._allow_private:
-            named = targets[0]
             try:
                 targets, host_header = await pinned(named, self._resolve)
             except LookupError as exc:

@@ -17,9 +17,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
 from temporalio.client import Client
-from temporalio.common import (
-    SearchAttributeKey,
-)
 
 from api.auth import Principal, require_role
 from api.deps import (
@@ -54,14 +51,6 @@ from models.onboarding_schemas import (
 )
 
 router = APIRouter(prefix="/v1/onboarding", tags=["onboarding"])
-
-
-def _starter(request: Request) -> ApplicationStarter:
-    starter: ApplicationStarter = request.app.state.application_starter
-    return starter
-
-
-STATUS = SearchAttributeKey.for_keyword("OnboardingStatus")
 ACCEPTED = status.HTTP_202_ACCEPTED
 
 App = Annotated[Principal, require_role("app")]
@@ -76,6 +65,11 @@ def _store(request: Request) -> OnboardingStore:
 
 def _staff_view(principal: Principal) -> bool:
     return principal.is_staff or "compliance_officer" in principal.roles
+
+
+def _starter(request: Request) -> ApplicationStarter:
+    starter: ApplicationStarter = request.app.state.application_starter
+    return starter
 
 
 def _visible(
