@@ -37,7 +37,10 @@ class ProcessRecord:
         if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):
             return False
         # An empty command line is a process between fork and exec: still the one we started.
-        return not cmdline or os.path.basename(self.executable).encode() in cmdline
+        # Otherwise one of its arguments is the executable (a script's is the second, after
+        # its interpreter); a name merely inside an argument (``test_postgres.py``) is not.
+        name = os.path.basename(self.executable).encode()
+        return not cmdline or any(os.path.basename(arg) == name for arg in cmdline.split(b"\0"))
 
 
 class ProcessTable:

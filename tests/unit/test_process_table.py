@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -72,6 +73,27 @@ def test_a_record_of_a_dead_or_reused_pid_counts_as_not_running(tmp_path: Path) 
     (tmp_path / "run" / "imposter.json").write_text(json.dumps(imposter))
     assert table.get("imposter") is None
     assert table.stop("imposter") is False
+
+
+def test_a_process_that_only_mentions_the_executable_is_not_it(tmp_path: Path) -> None:
+    # Like a test run over test_postgres.py, with the pid of a postgres that has exited.
+    other = subprocess.Popen(["/bin/sh", "-c", "sleep 30; true", "run-test_postgres.py"])
+    try:
+        table = ProcessTable(tmp_path)
+        (tmp_path / "run").mkdir()
+        record = {
+            "name": "postgres",
+            "pid": other.pid,
+            "executable": "/usr/lib/postgresql/bin/postgres",
+            "started_at": "2026-01-01T00:00:00+00:00",
+        }
+        (tmp_path / "run" / "postgres.json").write_text(json.dumps(record))
+        assert table.get("postgres") is None
+        assert table.stop("postgres") is False
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_port_taken_by_someone_else_stops_up_with_one_clear_line(tmp_path: Path) -> None:
