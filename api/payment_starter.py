@@ -103,20 +103,21 @@ async def start_once(
         )
 
 
-async def start_or_leave(
+async def call_or_leave(
     temporal: Callable[[], Awaitable[Client | None]],
-    start: Callable[[Client], Awaitable[None]],
+    call: Callable[[Client], Awaitable[None]],
     what: str,
 ) -> bool:
-    """Run ``start`` with the process's Temporal client. False when Temporal could not be
-    reached (no client, or the start failed), which leaves ``what`` to the sweep."""
+    """Run ``call`` (a start, a signal) with the process's Temporal client. False when
+    Temporal could not be reached (no client, or the call failed), which leaves ``what``
+    to the sweep."""
     client = await temporal()
     if client is None:
         return False
     try:
-        await start(client)
+        await call(client)
     except RPCError as exc:
-        log.warning("%s: start failed, left to the sweep: %s", what, exc)
+        log.warning("%s: Temporal call failed, left to the sweep: %s", what, exc)
         return False
     return True
 
@@ -162,7 +163,7 @@ class SagaStarter:
     async def start(self, payment: StoredPayment) -> bool:
         """Start the saga (or find it started); the row is stamped with the next flush.
         False if Temporal could not be reached, which leaves the row to the sweep."""
-        started = await start_or_leave(
+        started = await call_or_leave(
             self._temporal,
             lambda client: self._start_workflow(client, payment),
             f"payment {payment.id}",
@@ -217,7 +218,7 @@ class SagaStarter:
     async def start_refund(self, payment: StoredPayment, refund: StoredRefund) -> bool:
         """Start the refund's workflow (or find it started) and stamp its row. False if
         Temporal could not be reached, which leaves the refund to the sweep."""
-        started = await start_or_leave(
+        started = await call_or_leave(
             self._temporal,
             lambda client: _start_refund_workflow(client, payment, refund, self._task_queue),
             f"refund {refund.id}",

@@ -75,6 +75,8 @@ onboarding_applications = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("completed_at", DateTime(timezone=True)),
     Column("saga_started_at", DateTime(timezone=True)),  # None: its workflow not started yet
+    # Set when a document is stored, cleared once the workflow has been told (signal).
+    Column("documents_unsignalled_since", DateTime(timezone=True)),
 )
 
 onboarding_requests = Table(
@@ -132,6 +134,7 @@ class StoredApplication:
     updated_at: datetime
     completed_at: datetime | None
     saga_started_at: datetime | None
+    documents_unsignalled_since: datetime | None
 
     @property
     def terminal(self) -> bool:
@@ -282,6 +285,38 @@ class OnboardingStore:
         with self._engine.connect() as conn:
             return [_application(row) for row in conn.execute(statement).mappings()]
 
+    def mark_documents_signalled(self, onboarding_id: str) -> None:
+        """The workflow knows its documents are in; later sends change nothing there."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                onboarding_applications.update()
+                .where(
+                    onboarding_applications.c.id == onboarding_id,
+                    onboarding_applications.c.documents_unsignalled_since.is_not(None),
+                )
+                .values(documents_unsignalled_since=None)
+            )
+
+    def documents_unsignalled(
+        self, *, older_than: timedelta, limit: int
+    ) -> list[StoredApplication]:
+        """Open applications with a document stored ``older_than`` ago whose started
+        workflow was not told of it, oldest first (``onboarding_documents_unsignalled``).
+        An unstarted one waits for its start, which reads ``missing`` from the row."""
+        c = onboarding_applications.c
+        statement = (
+            select(onboarding_applications)
+            .where(
+                c.documents_unsignalled_since < func.now() - older_than,
+                c.saga_started_at.is_not(None),
+                c.status.not_in(TERMINAL_ONBOARDING),
+            )
+            .order_by(c.documents_unsignalled_since)
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return [_application(row) for row in conn.execute(statement).mappings()]
+
     def get(self, onboarding_id: str) -> StoredApplication | None:
         statement = select(onboarding_applications).where(
             onboarding_applications.c.id == onboarding_id
@@ -323,6 +358,7 @@ class OnboardingStore:
                 .values(
                     missing=func.array_remove(onboarding_applications.c.missing, DOCUMENT),
                     updated_at=func.now(),
+                    documents_unsignalled_since=func.now(),
                 )
             )
             # The type only: the number is personal data.

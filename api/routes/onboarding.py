@@ -33,12 +33,10 @@ from models.contracts import Address, PersonalData
 from models.ids import new_id
 from models.onboarding import (
     CANCEL_SIGNAL,
-    DOCUMENTS_SUBMITTED_SIGNAL,
     GET_APPLICATION_QUERY,
     RESEND_REMINDER_SIGNAL,
     TERMINAL_ONBOARDING,
     CancelApplication,
-    DocumentsSubmitted,
     OnboardingState,
 )
 from models.onboarding_schemas import (
@@ -223,15 +221,17 @@ async def add_document(
     temporal: TemporalClientDep,
 ) -> ApplicationPublic | ApplicationForStaff:
     """The identity document an application is missing; stored encrypted, then the
-    application continues."""
+    application continues. Stored is accepted: with Temporal away, the API's sweep tells
+    the application's workflow once it is back (``api/onboarding_starter.py``)."""
     store = _store(request)
-    application = await _open_application(request, principal, onboarding_id)
-    client = temporal_or_503(temporal)
+    await _open_application(request, principal, onboarding_id)
     await asyncio.to_thread(store.add_document, onboarding_id, body.type, body.number)
-    await client.get_workflow_handle(onboarding_id).signal(
-        DOCUMENTS_SUBMITTED_SIGNAL, DocumentsSubmitted(document_type=body.type)
-    )
-    return _view(principal, application, await _live(client, application))
+    told = await _starter(request).tell_documents(onboarding_id, body.type)
+    application = await asyncio.to_thread(store.get, onboarding_id)
+    if application is None:  # applications are never deleted
+        raise RuntimeError(f"application {onboarding_id} vanished")
+    # Not told: Temporal is away, a query would only wait as long again.
+    return _view(principal, application, await _live(temporal, application) if told else None)
 
 
 async def _signal(

@@ -16,9 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from keycloak import KeycloakAdmin
+from sqlalchemy import Engine
 from temporalio.client import Client
 
+from infra.envelope import EnvelopeCipher
 from infra.keycloak import client_credentials_login, password_login
+from infra.onboarding_store import OnboardingStore
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.vault import SecretStore, connect_vault
@@ -202,6 +205,66 @@ async def test_an_application_made_while_temporal_is_down_starts_once_it_is_back
     decided = await wait_status(api, logins.headers("olivia"), onboarding_id, TERMINAL, 120)
     users_to_delete.append(decided["user_id"])
     assert decided["status"] == "approved", decided
+
+
+@pytest.mark.lifecycle  # stops Temporal: runs with the fault tests, last
+async def test_a_document_sent_while_temporal_is_down_continues_the_application_once_back(
+    stack: Stack,
+    api: httpx.AsyncClient,
+    settings: Settings,
+    logins: Logins,
+    users_to_delete: list[str],
+    unique: str,
+) -> None:
+    app_headers = _app_login(settings)
+    body = application(unique, given="Elsa", family="Holm", born="1988-06-01", document=None)
+    onboarding_id = await apply(api, app_headers, body)
+    await wait_status(api, app_headers, onboarding_id, {"awaiting_documents"})
+    document = {"type": "passport", "number": f"CLEAR{unique[:8]}"}
+    async with stopped(stack, "temporal"):
+        # Stored, so accepted: it was a 503 that left the workflow waiting for its
+        # reminders and expiry unless the app sent the document again.
+        sent = await api.post(
+            f"/v1/onboarding/{onboarding_id}/documents", json=document, headers=app_headers
+        )
+        assert sent.status_code == 202, sent.text
+        assert sent.json()["missing"] == []
+
+    # Nobody sends it again: the API's sweep tells the workflow once Temporal is back.
+    decided = await wait_status(api, logins.headers("olivia"), onboarding_id, TERMINAL, 120)
+    users_to_delete.append(decided["user_id"])
+    assert decided["status"] == "approved", decided
+
+
+async def test_a_document_for_a_terminated_workflow_does_not_hold_up_the_sweep(
+    api: httpx.AsyncClient,
+    app_headers: dict[str, str],
+    temporal: Client,
+    engine: Engine,
+    cipher: EnvelopeCipher,
+    unique: str,
+) -> None:
+    body = application(unique, given="Axel", family="Lund", born="1979-11-30", document=None)
+    onboarding_id = await apply(api, app_headers, body)
+    await wait_status(api, app_headers, onboarding_id, {"awaiting_documents"})
+    # An operator ends the workflow in the Web UI; the row still says it waits.
+    await temporal.get_workflow_handle(onboarding_id).terminate(reason="operator test")
+    sent = await api.post(
+        f"/v1/onboarding/{onboarding_id}/documents",
+        json={"type": "passport", "number": f"CLEAR{unique[:8]}"},
+        headers=app_headers,
+    )
+    assert sent.status_code == 202, sent.text
+    store = OnboardingStore(engine, cipher)
+    stored = await asyncio.to_thread(store.get, onboarding_id)
+    assert stored is not None and stored.documents_unsignalled_since is not None
+    # The sweep finds no workflow to tell and lets the mark go, rather than trying it
+    # first in every pass, ahead of every other application's documents, for good.
+    deadline = asyncio.get_running_loop().time() + 30
+    while stored is not None and stored.documents_unsignalled_since is not None:
+        assert asyncio.get_running_loop().time() < deadline, "the mark stayed"
+        await asyncio.sleep(0.5)
+        stored = await asyncio.to_thread(store.get, onboarding_id)
 
 
 async def test_a_sanctions_match_goes_to_review_and_a_rejection_keeps_the_user_out(
