@@ -30,6 +30,7 @@ from api.routes import (
 from api.routes.codec import CodecCORS
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
+from infra.identity import IdentityDirectory
 from infra.keycloak import TokenVerifier
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.onboarding_store import OnboardingStore
@@ -86,6 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = create_db_engine(settings)
         app.state.onboarding = OnboardingStore(app.state.engine, cipher)
         app.state.kyc_webhook_secret = platform_secrets["kyc"]["webhook_signing_secret"]
+        # Asks Keycloak only when used (its token too): the API starts without Keycloak.
+        app.state.identity = IdentityDirectory.connect(
+            settings,
+            client_id=platform_secrets["keycloak"]["client_id"],
+            client_secret=platform_secrets["keycloak"]["client_secret"],
+        )
         app.state.temporal = TemporalHolder(settings, cipher)
         app.state.token_verifier = TokenVerifier(settings)
         # While the database is away, a request hears so at once, not after the pool's wait.

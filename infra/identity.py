@@ -71,6 +71,17 @@ class IdentityDirectory:
         """The user with their realm roles (a second request)."""
         return self._user(self._representation(user_id))
 
+    def holds_role(self, user_id: str, role: str) -> bool:
+        """Whether the user holds ``role`` in effect (directly or through a composite role);
+        False for a user Keycloak does not know. Other failures propagate."""
+        try:
+            roles = self._admin.get_composite_realm_roles_of_user(user_id)
+        except KeycloakGetError as exc:
+            if exc.response_code == 404:
+                return False
+            raise
+        return any(r["name"] == role for r in roles)
+
     def mail_address(self, user_id: str) -> str | None:
         """The user's address, None when there is none; one request, no roles."""
         email = self._representation(user_id).get("email")

@@ -8,10 +8,12 @@ answer synchronously (refusals map to 403/409 with the workflow's reason).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
+from keycloak.exceptions import KeycloakError
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributeKey
@@ -20,9 +22,18 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal, require_role
 from api.deps import TemporalClientDep, temporal_or_503
-from api.errors import ProblemError
+from api.errors import ProblemError, invalid_fields, unavailable
 from api.workflow_calls import ask, update
-from models.review import REVIEW_WORKFLOW, Actor, AssignInput, DecideInput, ReviewState
+from infra.identity import IdentityDirectory
+from models.review import (
+    OFFICER_ROLE,
+    REVIEW_WORKFLOW,
+    SUPERVISOR_ROLE,
+    Actor,
+    AssignInput,
+    DecideInput,
+    ReviewState,
+)
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
 
@@ -171,8 +182,31 @@ async def decide(
 
 @router.post("/{review_id}/assign", response_model=None)
 async def assign(
-    review_id: str, body: AssignCreate, principal: Officer, temporal: TemporalClientDep
+    review_id: str,
+    body: AssignCreate,
+    principal: Officer,
+    temporal: TemporalClientDep,
+    request: Request,
 ) -> ReviewState:
     """Take the case, or (supervisor) hand it to another officer."""
-    request = AssignInput(actor=_actor(principal), assignee=body.assignee or principal.subject)
-    return await _update(temporal_or_503(temporal), review_id, "assign", request, None)
+    assignee = body.assignee or principal.subject
+    if assignee != principal.subject and SUPERVISOR_ROLE in principal.roles:
+        # The case's validator decides who may assign; whether the assignee is an officer
+        # only Keycloak knows, and a workflow cannot ask it. A case handed to a mistyped id
+        # or to someone who cannot decide it would sit until its SLA escalated it.
+        await _require_officer(request.app.state.identity, assignee)
+    change = AssignInput(actor=_actor(principal), assignee=assignee)
+    return await _update(temporal_or_503(temporal), review_id, "assign", change, None)
+
+
+async def _require_officer(directory: IdentityDirectory, subject: str) -> None:
+    try:
+        officer = await asyncio.to_thread(directory.holds_role, subject, OFFICER_ROLE)
+    except KeycloakError as exc:
+        raise unavailable("unavailable", "Keycloak is not reachable", "try again shortly") from exc
+    if not officer:
+        message = f"{subject} is not a user with the role {OFFICER_ROLE}"
+        raise invalid_fields(
+            [{"field": "assignee", "code": "not_an_officer", "message": message}],
+            code="assignee_not_an_officer",
+        )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import httpx
+import pytest
+from keycloak import KeycloakAdmin
 from temporalio.client import Client
 
+from infra.keycloak import password_login
 from infra.settings import Settings
 from models.ids import new_id
 from models.review import OpenReviewInput, ReviewReason, SlaPolicy
@@ -14,9 +18,7 @@ from tests.helpers.logins import Logins
 from workflows.review import ComplianceReviewWorkflow
 
 
-async def test_two_officers_decide_a_four_eyes_case(
-    api: httpx.AsyncClient, temporal: Client, settings: Settings, logins: Logins
-) -> None:
+async def open_case(temporal: Client, settings: Settings, logins: Logins) -> str:
     review_id = new_id("rev")
     await temporal.start_workflow(
         ComplianceReviewWorkflow.run,
@@ -36,6 +38,40 @@ async def test_two_officers_decide_a_four_eyes_case(
         id=review_id,
         task_queue=settings.task_queue,
     )
+    return review_id
+
+
+@pytest.fixture
+def supervisor(
+    realm_admin: KeycloakAdmin, settings: Settings, unique: str
+) -> Iterator[dict[str, str]]:
+    """A compliance officer who is also a supervisor (the dev realm has none)."""
+    username, password = f"supervisor-{unique}", f"pw-{unique}"
+    user_id = realm_admin.create_user(
+        {
+            "username": username,
+            "email": f"{username}@dev.bfc.test",
+            "firstName": "Sam",
+            "lastName": "Visor",
+            "enabled": True,
+            "emailVerified": True,
+            "credentials": [{"type": "password", "value": password, "temporary": False}],
+        }
+    )
+    try:
+        realm_admin.assign_realm_roles(
+            user_id, [realm_admin.get_realm_role(r) for r in ("compliance_officer", "admin")]
+        )
+        token = password_login(settings, username, password)
+        yield {"Authorization": f"Bearer {token}"}
+    finally:
+        realm_admin.delete_user(user_id)
+
+
+async def test_two_officers_decide_a_four_eyes_case(
+    api: httpx.AsyncClient, temporal: Client, settings: Settings, logins: Logins
+) -> None:
+    review_id = await open_case(temporal, settings, logins)
 
     for _ in range(50):  # visibility catches up within moments
         queue = await api.get(
@@ -81,3 +117,33 @@ async def test_an_unknown_case_is_not_found(api: httpx.AsyncClient, logins: Logi
     response = await api.get("/v1/reviews/rev_nothing", headers=logins.headers("carol"))
     assert response.status_code == 404
     assert response.json()["code"] == "review_not_found"
+
+
+async def test_a_supervisor_hands_a_case_only_to_an_officer(
+    api: httpx.AsyncClient,
+    temporal: Client,
+    settings: Settings,
+    logins: Logins,
+    supervisor: dict[str, str],
+) -> None:
+    review_id = await open_case(temporal, settings, logins)
+    path = f"/v1/reviews/{review_id}/assign"
+    try:
+        for who in (logins.subject("alice"), "no-such-officer"):
+            refused = await api.post(path, json={"assignee": who}, headers=supervisor)
+            assert refused.status_code == 422, refused.text
+            problem = refused.json()
+            assert problem["code"] == "assignee_not_an_officer"
+            assert problem["errors"][0]["field"] == "assignee"
+        case = await api.get(f"/v1/reviews/{review_id}", headers=logins.headers("carol"))
+        assert case.json()["assignee"] is None  # nothing half-done
+
+        cora = logins.subject("cora")
+        handed = await api.post(path, json={"assignee": cora}, headers=supervisor)
+        assert handed.status_code == 200, handed.text
+        assert handed.json()["assignee"] == cora
+        # An officer who is not a supervisor still only takes cases for themself.
+        carol = await api.post(path, json={"assignee": cora}, headers=logins.headers("carol"))
+        assert (carol.status_code, carol.json()["code"]) == (403, "not_a_supervisor")
+    finally:
+        await temporal.get_workflow_handle(review_id).terminate(reason="test over")
