@@ -2,7 +2,8 @@
 
 Every route but health needs a bearer token issued by the realm (RS256, issuer, audience,
 expiry; see ``infra.keycloak.TokenVerifier``). Missing or invalid -> 401 with
-``WWW-Authenticate``; valid but without the role a route needs -> 403. One dependency per
+``WWW-Authenticate``; valid but without the role a route needs -> 403; not checkable now
+(Keycloak away and the token's key never seen) -> 503. One dependency per
 rule: ``CurrentPrincipal`` and ``require_role(...)``.
 """
 
@@ -14,9 +15,9 @@ from typing import Annotated
 from fastapi import Cookie, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.errors import ProblemError
+from api.errors import ProblemError, unavailable
 from infra.key_at_hand import in_place_or_thread
-from infra.keycloak import InvalidToken, TokenVerifier
+from infra.keycloak import InvalidToken, IssuerUnreachable, TokenVerifier
 
 SESSION_COOKIE = "bfc_session"
 
@@ -71,6 +72,12 @@ async def current_principal(
         )
     except InvalidToken as exc:
         raise _unauthenticated(f"invalid token: {exc}") from exc
+    except IssuerUnreachable as exc:
+        # Not a 401: the token may be good, and a client told it is not would log in
+        # again, against the same Keycloak.
+        raise unavailable(
+            "unavailable", "Keycloak is not reachable", "cannot check tokens now; try again"
+        ) from exc
     return Principal(
         subject=token.subject,
         username=token.username,

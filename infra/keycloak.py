@@ -8,10 +8,16 @@ audience, expiry and not-before with a small leeway.
 ``verify(token, local_only=True)`` never fetches the JWKS: it raises ``KeyNotAtHand``
 instead (``infra.key_at_hand``), so the API checks tokens on its event loop and goes to a
 thread only for a first or rotated key.
+
+Keycloak unreachable when a key must be fetched: a key that verified tokens before is used
+past its lifespan (a withdrawal cannot be learnt from an issuer that does not answer, and
+payments should not stop with identity), with a warning; for a token whose key was never
+seen, ``IssuerUnreachable``, which the API answers 503, not 401: the token may be good.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,14 +28,24 @@ import jwt
 from infra.key_at_hand import KeyNotAtHand
 from infra.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 class InvalidToken(Exception):
     """The token is missing, malformed, expired, or not issued for us."""
 
 
+class IssuerUnreachable(Exception):
+    """The realm's keys could not be fetched, and none known signed this token."""
+
+
 # How long a fetched signing key is trusted without asking Keycloak again: a key the realm
 # withdraws stops verifying within this time.
 JWKS_LIFESPAN_SECONDS = 3600
+# Keycloak unreachable: a known key is trusted this much longer before the next attempt, so
+# requests do not each wait on a fetch (at most JWKS_FETCH_TIMEOUT_SECONDS) meanwhile.
+STALE_KEY_RETRY_SECONDS = 30
+JWKS_FETCH_TIMEOUT_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,7 @@ class TokenVerifier:
             cache_keys=True,
             lifespan=JWKS_LIFESPAN_SECONDS,
             cooldown_duration=settings.keycloak_jwks_refresh_cooldown_seconds,
+            timeout=JWKS_FETCH_TIMEOUT_SECONDS,
         )
         # kid -> (key, trusted until, monotonic): keys that verified a token, for local_only.
         self._at_hand: dict[str, tuple[jwt.PyJWK, float]] = {}
@@ -89,7 +106,16 @@ class TokenVerifier:
 
     def _fetched_key(self, token: str) -> jwt.PyJWK:
         # PyJWKClient refetches the key set once when the kid is not in its cache.
-        key = self._jwks.get_signing_key_from_jwt(token)
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError as exc:
+            kid = jwt.get_unverified_header(token).get("kid")
+            known = self._at_hand.get(kid) if isinstance(kid, str) else None
+            if known is None or not isinstance(kid, str):
+                raise IssuerUnreachable(str(exc)) from exc
+            log.warning("keycloak unreachable; key %s used past its lifespan: %s", kid, exc)
+            self._at_hand[kid] = (known[0], time.monotonic() + STALE_KEY_RETRY_SECONDS)
+            return known[0]
         if key.key_id:
             self._at_hand[key.key_id] = (key, time.monotonic() + JWKS_LIFESPAN_SECONDS)
         return key

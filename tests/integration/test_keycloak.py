@@ -12,12 +12,15 @@ from infra.key_at_hand import KeyNotAtHand
 from infra.keycloak import (
     JWKS_LIFESPAN_SECONDS,
     InvalidToken,
+    IssuerUnreachable,
     TokenVerifier,
     client_credentials_login,
     password_login,
 )
 from infra.settings import Settings
+from infra.stack.launcher import Stack
 from infra.vault import SecretStore, connect_vault
+from tests.helpers.stack import stopped
 
 DEV_USERS = {
     "alice": "customer",
@@ -97,6 +100,35 @@ def test_a_cached_key_verifies_without_keycloak_until_its_lifespan_ends(
     monkeypatch.setattr("infra.keycloak.time.monotonic", lambda: later)
     with pytest.raises(KeyNotAtHand):
         fresh.verify(token, local_only=True)
+
+
+@pytest.mark.lifecycle  # stops Keycloak: runs with the fault tests, last
+async def test_with_keycloak_away_a_known_key_still_verifies_and_an_unknown_one_is_a_503(
+    stack: Stack, settings: Settings, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = password_login(settings, "alice", "dev-alice")
+    seen = TokenVerifier(settings)
+    assert seen.verify(token).username == "alice"
+    never_seen = TokenVerifier(settings)
+    async with stopped(stack, "keycloak"):
+        # Past the key's lifespan it must be fetched again, and Keycloak does not answer:
+        # the key that verified before still does (a withdrawal cannot be learnt now).
+        later = time.monotonic() + JWKS_LIFESPAN_SECONDS + 1
+        monkeypatch.setattr("infra.keycloak.time.monotonic", lambda: later)
+        with pytest.raises(KeyNotAtHand):
+            seen.verify(token, local_only=True)
+        assert seen.verify(token).username == "alice"
+        # ... and stays at hand for a while, so requests do not each try Keycloak.
+        assert seen.verify(token, local_only=True).username == "alice"
+        monkeypatch.undo()
+        # A key never seen cannot be checked: not an invalid token, Keycloak is away.
+        with pytest.raises(IssuerUnreachable):
+            never_seen.verify(token)
+        # The API (a fresh process's verifier) says so: 503 to ask again, not 401.
+        response = await api.get("/v1/accounts", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "unavailable"
+        assert response.headers["Retry-After"]
 
 
 def test_a_token_for_another_audience_does_not_verify(settings: Settings) -> None:
