@@ -3,8 +3,8 @@
 The schema is owned by the migration ``0005_webhooks``; the tables below describe it for
 SQLAlchemy Core. Endpoints are never removed: a deleted endpoint keeps its row (with
 ``deleted_at``) so every delivery attempt in the trail still names its URL.
-Registering, deleting and disabling an endpoint is written to the audit log in the same
-transaction. Events are written by ``infra.event_log`` (on the async pool, in the payment's
+Registering, deleting, disabling and enabling an endpoint is written to the audit log in
+the same transaction. Events are written by ``infra.event_log`` (on the async pool, in the payment's
 own transaction where there is one) and read back here for delivery.
 """
 
@@ -206,6 +206,31 @@ class WebhookStore:
             )
             session.commit()
         return True
+
+    def enable_endpoint(
+        self, *, client_id: str, endpoint_id: str, enabled_by: str
+    ) -> WebhookEndpoint | None:
+        """Enable the app's endpoint again (a receiver's 410 disabled it); None when it has
+        none by that id. Enabling an enabled endpoint changes nothing and is not audited.
+        Events from while it was disabled are not sent: it hears from the next one on."""
+        c = webhook_endpoints.c
+        mine = (c.id == endpoint_id, c.client_id == client_id, c.deleted_at.is_(None))
+        with Session(self._engine) as session:
+            conn = session.connection()
+            changed = conn.execute(
+                update(webhook_endpoints).where(*mine, ~c.enabled).values(enabled=True)
+            )
+            if changed.rowcount:
+                record_audit_event(
+                    session,
+                    actor=enabled_by,
+                    action="webhooks.endpoint_enabled",
+                    subject=endpoint_id,
+                    details={"client_id": client_id},
+                )
+            row = conn.execute(select(webhook_endpoints).where(*mine)).mappings().one_or_none()
+            session.commit()
+        return None if row is None else _endpoint(row)
 
     def roll_secret(
         self,

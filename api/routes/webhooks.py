@@ -187,5 +187,22 @@ async def roll_webhook_secret(
     return WebhookEndpointCreated(**WebhookEndpointPublic.of(endpoint).model_dump(), secret=secret)
 
 
+@router.post("/{endpoint_id}/enable", response_model=WebhookEndpointPublic)
+async def enable_webhook_endpoint(
+    endpoint_id: str, principal: AppPrincipal, store: WebhookStoreDep
+) -> WebhookEndpointPublic:
+    """Enable one of the calling app's endpoints again, after a ``410 Gone`` from its
+    receiver disabled it. It receives the events from now on, not those it missed."""
+    endpoint = await asyncio.to_thread(
+        store.enable_endpoint,
+        client_id=_client_of(principal),
+        endpoint_id=endpoint_id,
+        enabled_by=principal.subject,
+    )
+    if endpoint is None:
+        raise _not_found(endpoint_id)
+    return WebhookEndpointPublic.of(endpoint)
+
+
 def _not_found(endpoint_id: str) -> ProblemError:
     return ProblemError(404, "webhook_endpoint_not_found", "No such webhook endpoint", endpoint_id)

@@ -28,6 +28,7 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities
+from infra.audit import list_audit_events
 from infra.envelope import EnvelopeCipher
 from infra.event_log import EventLog
 from infra.identity import IdentityDirectory, MailAddresses
@@ -359,13 +360,15 @@ async def test_a_receiver_answering_500_gets_a_second_attempt_with_the_same_even
     assert summary.email is None  # no customer on this event
 
 
-async def test_a_receiver_answering_410_is_disabled_and_hears_no_more(
+async def test_a_receiver_answering_410_is_disabled_and_hears_no_more_until_enabled(
     api: httpx.AsyncClient,
     endpoints: list[tuple[str, dict[str, str]]],
     other_app: App,
+    app_headers: dict[str, str],
     receiver: Receiver,
     notify_queue: tuple[str, NotifyActivities],
     temporal: Client,
+    engine: Engine,
     unique: str,
 ) -> None:
     queue, activities = notify_queue
@@ -390,6 +393,22 @@ async def test_a_receiver_answering_410_is_disabled_and_hears_no_more(
         )
     assert (stopped.value.type, stopped.value.non_retryable) == (ENDPOINT_DISABLED, True)
     assert len(receiver.requests) == 1
+
+    # The app mends its receiver and enables the endpoint again: the next event arrives.
+    path = f"/v1/webhook-endpoints/{endpoint['id']}/enable"
+    assert (await api.post(path, headers=app_headers)).status_code == 404  # not its endpoint
+    enabled = await api.post(path, headers=other_app.headers)
+    assert (enabled.status_code, enabled.json()["enabled"]) == (200, True), enabled.text
+    again = await api.post(path, headers=other_app.headers)  # enabling twice changes nothing
+    assert (again.status_code, again.json()["enabled"]) == (200, True)
+    receiver.answers = [200]
+    mended = an_event(other_app.client_id, None, unique + "-mended")
+    summary = await deliver(temporal, queue, mended)
+    assert [w.status for w in summary.webhooks] == ["delivered"]
+    assert [r.headers["BFC-Event-Id"] for r in receiver.requests[1:]] == [mended.id]
+    with Session(engine) as session:
+        trail = [e.action for e in list_audit_events(session, subject=endpoint["id"])]
+    assert trail.count("webhooks.endpoint_enabled") == 1
 
 
 async def test_an_app_registers_lists_and_deletes_its_endpoints(

@@ -167,6 +167,7 @@ ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/webhook-endpoints"): set(),
     ("DELETE", "/v1/webhook-endpoints/we_nothing"): set(),
     ("POST", "/v1/webhook-endpoints/we_nothing/roll-secret"): set(),
+    ("POST", "/v1/webhook-endpoints/we_nothing/enable"): set(),
 }
 
 
