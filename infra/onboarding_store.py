@@ -426,6 +426,7 @@ class OnboardingStore:
             values["screening"] = screening
         if record.status in TERMINAL_ONBOARDING:
             values["completed_at"] = func.coalesce(c.completed_at, func.now())
+            values["documents_unsignalled_since"] = None  # a decided workflow hears nothing
         with Session(self._engine) as session:
             conn = session.connection()
             moved = (

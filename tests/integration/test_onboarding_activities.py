@@ -203,6 +203,23 @@ def test_an_application_is_stored_once_per_key_with_sealed_personal_data(
     assert stored is not None and stored.missing == []
 
 
+def test_a_stored_document_is_marked_until_told_or_decided(
+    store: OnboardingStore, unique: str
+) -> None:
+    application = apply(store, person(unique, document=None), key=f"key-{unique}")
+    assert application.documents_unsignalled_since is None
+    store.add_document(application.id, "passport", f"CLEAR{unique}")
+    stored = store.get(application.id)
+    assert stored is not None and stored.missing == []
+    assert stored.documents_unsignalled_since is not None  # for the sweep, until told
+    # Decided before its workflow heard of it (canceled meanwhile): nothing left to tell.
+    assert store.record(
+        OnboardingRecord(onboarding_id=application.id, status="canceled", decision_reason="x")
+    )
+    decided = store.get(application.id)
+    assert decided is not None and decided.documents_unsignalled_since is None
+
+
 def test_a_decided_application_is_never_moved(
     store: OnboardingStore, engine: Engine, unique: str
 ) -> None:
