@@ -73,7 +73,9 @@ class DecisionCreate(BaseModel):
 
 class AssignCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    assignee: str | None = Field(default=None, max_length=64, description="default: yourself")
+    assignee: str | None = Field(
+        default=None, min_length=1, max_length=64, description="default: yourself"
+    )
 
 
 def _actor(principal: Principal) -> Actor:

@@ -135,6 +135,8 @@ async def test_a_supervisor_hands_a_case_only_to_an_officer(
             problem = refused.json()
             assert problem["code"] == "assignee_not_an_officer"
             assert problem["errors"][0]["field"] == "assignee"
+        empty = await api.post(path, json={"assignee": ""}, headers=supervisor)
+        assert (empty.status_code, empty.json()["errors"][0]["field"]) == (422, "assignee")
         case = await api.get(f"/v1/reviews/{review_id}", headers=logins.headers("carol"))
         assert case.json()["assignee"] is None  # nothing half-done
 
