@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from infra.stack.base import Health, Service, StackError
-from infra.stack.process import ProcessRecord
+from infra.stack.process import ProcessRecord, run_as
 
 log = logging.getLogger("bfc.stack")
 
@@ -99,7 +99,7 @@ class PostgresService(Service):
                     check=True,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    user=user,
+                    **run_as(user),
                 )
 
     def launch(self) -> ProcessRecord:

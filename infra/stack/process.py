@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,16 @@ class ProcessRecord:
         # its interpreter); a name merely inside an argument (``test_postgres.py``) is not.
         name = os.path.basename(self.executable).encode()
         return not cmdline or any(os.path.basename(arg) == name for arg in cmdline.split(b"\0"))
+
+
+def run_as(user: str | None) -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as ``user`` with that user's own group and
+    no other. ``user=`` alone keeps root's group: a folder of group root without group bits
+    (``/root``, or a private temporary folder, made traversable by others) then refuses the
+    child, as the group's bits, not the others', apply to a member of the group."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 class ProcessTable:
@@ -91,8 +103,8 @@ class ProcessTable:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=cwd,
-                user=user,
                 start_new_session=True,
+                **run_as(user),
             )
         record = ProcessRecord(
             name=name,

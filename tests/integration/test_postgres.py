@@ -4,8 +4,11 @@ pool gets over its connections being cut (as by a database restart) after one fa
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,6 +21,25 @@ from infra.audit import list_audit_events, record_audit_event
 from infra.ledger_store import create_ledger_pool
 from infra.migrations.runner import current_revision, head_revision
 from infra.settings import Settings
+from infra.stack.launcher import Stack
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root stack runs PostgreSQL as another user")
+def test_a_stack_under_a_private_root_folder_starts_postgres(tmp_path: Path) -> None:
+    # Like a checkout in /root: a folder of group root with no group bits. The stack grants
+    # others the traverse bit; a server run with root's group was still refused, as the
+    # group's bits, not the others', apply to a member of the group.
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stack = Stack(Settings(stack_dir=private / ".stack", postgres_port=port))
+    try:
+        stack.up(("postgres",))
+        assert stack.status()["postgres"].state == "healthy"
+    finally:
+        stack.down(("postgres",))
 
 
 def test_database_is_at_the_newest_migration(settings: Settings) -> None:
