@@ -109,9 +109,9 @@ class TokenVerifier:
         try:
             key = self._jwks.get_signing_key_from_jwt(token)
         except jwt.PyJWKClientConnectionError as exc:
-            kid = jwt.get_unverified_header(token).get("kid")
-            known = self._at_hand.get(kid) if isinstance(kid, str) else None
-            if known is None or not isinstance(kid, str):
+            kid = str(jwt.get_unverified_header(token).get("kid"))
+            known = self._at_hand.get(kid)
+            if known is None:
                 raise IssuerUnreachable(str(exc)) from exc
             log.warning("keycloak unreachable; key %s used past its lifespan: %s", kid, exc)
             self._at_hand[kid] = (known[0], time.monotonic() + STALE_KEY_RETRY_SECONDS)

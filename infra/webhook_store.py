@@ -4,8 +4,8 @@ The schema is owned by the migration ``0005_webhooks``; the tables below describ
 SQLAlchemy Core. Endpoints are never removed: a deleted endpoint keeps its row (with
 ``deleted_at``) so every delivery attempt in the trail still names its URL.
 Registering, deleting, disabling and enabling an endpoint is written to the audit log in
-the same transaction. Events are written by ``infra.event_log`` (on the async pool, in the payment's
-own transaction where there is one) and read back here for delivery.
+the same transaction. Events are written by ``infra.event_log`` (on the async pool, in the
+payment's own transaction where there is one) and read back here for delivery.
 """
 
 from __future__ import annotations
