@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Cookie, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.errors import ProblemError, unavailable
+from api.errors import ProblemError, keycloak_unavailable
 from infra.key_at_hand import in_place_or_thread
 from infra.keycloak import InvalidToken, IssuerUnreachable, TokenVerifier
 
@@ -75,9 +75,7 @@ async def current_principal(
     except IssuerUnreachable as exc:
         # Not a 401: the token may be good, and a client told it is not would log in
         # again, against the same Keycloak.
-        raise unavailable(
-            "unavailable", "Keycloak is not reachable", "cannot check tokens now; try again"
-        ) from exc
+        raise keycloak_unavailable("cannot check tokens now; try again") from exc
     return Principal(
         subject=token.subject,
         username=token.username,

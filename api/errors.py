@@ -81,6 +81,10 @@ def temporal_unavailable() -> ProblemError:
     return unavailable("unavailable", "Temporal is not reachable", "try again shortly")
 
 
+def keycloak_unavailable(detail: str = "try again shortly") -> ProblemError:
+    return unavailable("unavailable", "Keycloak is not reachable", detail)
+
+
 # Temporal's answers that mean "not reachable now", not "no such workflow" (NOT_FOUND) or a
 # refusal: the client has already retried these for API_TEMPORAL_RETRY (api/deps.py).
 TEMPORAL_AWAY = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED})

@@ -325,9 +325,11 @@ class OnboardingStore:
             row = conn.execute(statement).mappings().one_or_none()
         return None if row is None else _application(row)
 
-    def add_document(self, onboarding_id: str, document_type: str, number: str) -> None:
+    def add_document(
+        self, onboarding_id: str, document_type: str, number: str
+    ) -> StoredApplication:
         """Seal the identity document into the applicant's personal data and strike it off
-        what is missing. Refused once the application is decided."""
+        what is missing; the application as it now is. Refused once it is decided."""
         with Session(self._engine) as session:
             conn = session.connection()
             application = (
@@ -352,14 +354,19 @@ class OnboardingStore:
                 dataclasses.replace(data, document_type=document_type, document_number=number),
             )
             session.add(customer)
-            conn.execute(
-                update(onboarding_applications)
-                .where(onboarding_applications.c.id == onboarding_id)
-                .values(
-                    missing=func.array_remove(onboarding_applications.c.missing, DOCUMENT),
-                    updated_at=func.now(),
-                    documents_unsignalled_since=func.now(),
+            updated = (
+                conn.execute(
+                    update(onboarding_applications)
+                    .where(onboarding_applications.c.id == onboarding_id)
+                    .values(
+                        missing=func.array_remove(onboarding_applications.c.missing, DOCUMENT),
+                        updated_at=func.now(),
+                        documents_unsignalled_since=func.now(),
+                    )
+                    .returning(*onboarding_applications.c)
                 )
+                .mappings()
+                .one()
             )
             # The type only: the number is personal data.
             record_audit_event(
@@ -370,6 +377,7 @@ class OnboardingStore:
                 details={"customer_id": customer.id, "document_type": document_type},
             )
             session.commit()
+        return _application(updated)
 
     # -- the saga's activities ------------------------------------------------------------
     def personal_data(self, customer_id: str) -> PersonalData:

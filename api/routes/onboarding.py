@@ -223,13 +223,11 @@ async def add_document(
     """The identity document an application is missing; stored encrypted, then the
     application continues. Stored is accepted: with Temporal away, the API's sweep tells
     the application's workflow once it is back (``api/onboarding_starter.py``)."""
-    store = _store(request)
     await _open_application(request, principal, onboarding_id)
-    await asyncio.to_thread(store.add_document, onboarding_id, body.type, body.number)
+    application = await asyncio.to_thread(
+        _store(request).add_document, onboarding_id, body.type, body.number
+    )
     told = await _starter(request).tell_documents(onboarding_id, body.type)
-    application = await asyncio.to_thread(store.get, onboarding_id)
-    if application is None:  # applications are never deleted
-        raise RuntimeError(f"application {onboarding_id} vanished")
     # Not told: Temporal is away, a query would only wait as long again.
     return _view(principal, application, await _live(temporal, application) if told else None)
 

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal, require_role
 from api.deps import TemporalClientDep, temporal_or_503
-from api.errors import ProblemError, invalid_fields, unavailable
+from api.errors import ProblemError, invalid_fields, keycloak_unavailable
 from api.workflow_calls import ask, update
 from infra.identity import IdentityDirectory
 from models.review import (
@@ -205,7 +205,7 @@ async def _require_officer(directory: IdentityDirectory, subject: str) -> None:
     try:
         officer = await asyncio.to_thread(directory.holds_role, subject, OFFICER_ROLE)
     except KeycloakError as exc:
-        raise unavailable("unavailable", "Keycloak is not reachable", "try again shortly") from exc
+        raise keycloak_unavailable() from exc
     if not officer:
         message = f"{subject} is not a user with the role {OFFICER_ROLE}"
         raise invalid_fields(
