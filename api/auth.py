@@ -37,6 +37,12 @@ class Principal:
     def is_staff(self) -> bool:
         return bool(self.roles & STAFF_ROLES)
 
+    def own_client(self) -> str:
+        """The app this caller acts as: what an app owns (endpoints, events) is keyed by it."""
+        if self.client_id is None:  # every Keycloak access token names its client (azp)
+            raise ProblemError(403, "forbidden", "Not allowed", "the token names no client")
+        return self.client_id
+
 
 _bearer = HTTPBearer(auto_error=False)
 

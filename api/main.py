@@ -18,6 +18,7 @@ from api.payment_starter import SagaStarter
 from api.routes import (
     accounts,
     codec,
+    events,
     health,
     kyc,
     ledger,
@@ -30,6 +31,7 @@ from api.routes import (
 from api.routes.codec import CodecCORS
 from infra.db import create_db_engine
 from infra.envelope import EnvelopeCipher
+from infra.event_log import EventLog
 from infra.identity import IdentityDirectory
 from infra.keycloak import TokenVerifier
 from infra.ledger_store import LedgerStore, create_ledger_pool
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await pool.open(wait=False)
         app.state.ledger = LedgerStore(pool)
         app.state.payments = PaymentStore(pool)
+        app.state.events = EventLog(pool)
         starter = _install_starters(app, settings)
         sweep = asyncio.create_task(starter.sweep_forever())
         try:
@@ -123,14 +126,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LimitRequestBodies)
     origins = codec_origins(settings)
     app.add_middleware(CodecCORS, origins=origins)
-    app.include_router(health.router)
-    app.include_router(accounts.router)
-    app.include_router(ledger.router)
-    app.include_router(payments.router)
-    app.include_router(onboarding.router)
-    app.include_router(kyc.router)
-    app.include_router(reviews.router)
-    app.include_router(codec.router)
-    app.include_router(session.router)
-    app.include_router(webhooks.router)
+    for routes in (
+        health,
+        accounts,
+        ledger,
+        payments,
+        onboarding,
+        kyc,
+        reviews,
+        codec,
+        session,
+        webhooks,
+        events,
+    ):
+        app.include_router(routes.router)
     return app

@@ -8,10 +8,11 @@ URL's scheme, unknown types) is checked by the route, which answers with a stabl
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from models.notifications import WebhookEndpoint
+from models.notifications import PlatformEvent, WebhookEndpoint
 
 MAX_URL_LENGTH = 2048
 DEFAULT_PREVIOUS_SECRET_SECONDS = 24 * 3600
@@ -69,3 +70,22 @@ class WebhookEndpointCreated(WebhookEndpointPublic):
 
 class WebhookEndpointList(BaseModel):
     data: list[WebhookEndpointPublic]
+
+
+class EventPublic(BaseModel):
+    """An event as its webhook carried it: the same four fields, so an app that reads back
+    what it missed hands it to the same handler."""
+
+    id: str
+    type: str
+    created_at: str  # ISO 8601 UTC, the text the webhook body carried
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: PlatformEvent) -> EventPublic:
+        return cls(id=event.id, type=event.type, created_at=event.created_at, data=event.data)
+
+
+class EventList(BaseModel):
+    data: list[EventPublic]
+    next_cursor: str | None

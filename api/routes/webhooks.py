@@ -57,12 +57,6 @@ async def get_webhook_store(engine: EngineDep, request: Request) -> WebhookStore
 WebhookStoreDep = Annotated[WebhookStore, Depends(get_webhook_store)]
 
 
-def _client_of(principal: Principal) -> str:
-    if principal.client_id is None:  # every Keycloak access token names its client (azp)
-        raise ProblemError(403, "forbidden", "Not allowed", "the token names no client")
-    return principal.client_id
-
-
 def url_problem(url: str, *, allow_http: bool, allow_private: bool = True) -> str | None:
     """Why ``url`` cannot receive webhooks, or None when it can."""
     if any(ch.isspace() or not ch.isprintable() for ch in url):
@@ -104,7 +98,7 @@ async def create_webhook_endpoint(
 ) -> WebhookEndpointCreated:
     """Register an endpoint that receives the chosen event types, signed with a secret of
     its own: the answer's ``secret``, shown this once."""
-    client_id = _client_of(principal)
+    client_id = principal.own_client()
     errors: list[dict[str, Any]] = []
     problem = url_problem(
         body.url,
@@ -142,7 +136,7 @@ async def list_webhook_endpoints(
     principal: AppPrincipal, store: WebhookStoreDep
 ) -> WebhookEndpointList:
     """The calling app's endpoints (deleted ones are gone; disabled ones show enabled=false)."""
-    endpoints = await asyncio.to_thread(store.list_endpoints, client_id=_client_of(principal))
+    endpoints = await asyncio.to_thread(store.list_endpoints, client_id=principal.own_client())
     return WebhookEndpointList(data=[WebhookEndpointPublic.of(e) for e in endpoints])
 
 
@@ -153,7 +147,7 @@ async def delete_webhook_endpoint(
     """Delete one of the calling app's endpoints; it receives nothing from then on."""
     deleted = await asyncio.to_thread(
         store.delete_endpoint,
-        client_id=_client_of(principal),
+        client_id=principal.own_client(),
         endpoint_id=endpoint_id,
         deleted_by=principal.subject,
     )
@@ -176,7 +170,7 @@ async def roll_webhook_secret(
     secret = new_signing_secret()
     endpoint = await asyncio.to_thread(
         store.roll_secret,
-        client_id=_client_of(principal),
+        client_id=principal.own_client(),
         endpoint_id=endpoint_id,
         signing_secret=secret,
         keep_previous_for=timedelta(seconds=body.expire_previous_after_seconds),
@@ -195,7 +189,7 @@ async def enable_webhook_endpoint(
     receiver disabled it. It receives the events from now on, not those it missed."""
     endpoint = await asyncio.to_thread(
         store.enable_endpoint,
-        client_id=_client_of(principal),
+        client_id=principal.own_client(),
         endpoint_id=endpoint_id,
         enabled_by=principal.subject,
     )

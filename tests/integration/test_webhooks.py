@@ -5,6 +5,7 @@ signature with the secret from Vault, and the customer's mail in the SMTP sink."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -38,7 +39,13 @@ from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.vault import SecretStore, connect_vault
 from infra.webhook_store import WebhookStore
-from infra.webhooks import InvalidSignature, WebhookSender, create_webhook_client, verify
+from infra.webhooks import (
+    InvalidSignature,
+    WebhookSender,
+    create_webhook_client,
+    event_body,
+    verify,
+)
 from models.notifications import (
     ENDPOINT_DISABLED,
     DeliverySummary,
@@ -409,6 +416,114 @@ async def test_a_receiver_answering_410_is_disabled_and_hears_no_more_until_enab
     with Session(engine) as session:
         trail = [e.action for e in list_audit_events(session, subject=endpoint["id"])]
     assert trail.count("webhooks.endpoint_enabled") == 1
+
+    # What it missed meanwhile it reads back, bodies as the webhooks carry them: the event
+    # its receiver refused with the 410 and the one sent while the endpoint was disabled.
+    missed = await api.get(
+        "/v1/events", params={"delivery_success": "false"}, headers=other_app.headers
+    )
+    assert missed.status_code == 200, missed.text
+    missed_ids = {e["id"] for e in missed.json()["data"]}
+    assert {event.id, later.id} <= missed_ids
+    assert mended.id not in missed_ids
+    accepted = await api.get(
+        "/v1/events", params={"delivery_success": "true"}, headers=other_app.headers
+    )
+    assert mended.id in {e["id"] for e in accepted.json()["data"]}
+    assert {event.id, later.id}.isdisjoint(e["id"] for e in accepted.json()["data"])
+
+
+def a_dated_event(client_id: str, unique: str, n: int, event_type: str) -> PlatformEvent:
+    # Dated after every other event of this module, so ``created[gte]`` picks out the test's.
+    payment_id = f"pay_read{unique}{n}"
+    return PlatformEvent(
+        id=event_id(payment_id, event_type),
+        type=event_type,
+        created_at=f"2030-01-01T00:00:0{n}.125000+00:00",
+        client_id=client_id,
+        customer_id=None,
+        data=payment_data(
+            payment_id=payment_id, kind="transfer", amount=n, currency="EUR", status="succeeded"
+        ),
+    )
+
+
+async def test_an_app_reads_back_its_own_events_newest_first(
+    api: httpx.AsyncClient,
+    events: EventLog,
+    other_app: App,
+    app_headers: dict[str, str],
+    secrets: SecretStore,
+    unique: str,
+) -> None:
+    first, second, third = (
+        a_dated_event(other_app.client_id, unique, n, event_type)
+        for n, event_type in (
+            (1, "payment.succeeded"),
+            (2, "payment.declined"),
+            (3, "payment.succeeded"),
+        )
+    )
+    # The realm's app outlives this test: its event is dated in the past, out of its way.
+    theirs = dataclasses.replace(
+        a_dated_event(secrets.read("keycloak")["client_id"], unique, 4, "payment.succeeded"),
+        created_at="2020-01-01T00:00:00+00:00",
+    )
+    for event in (second, first, theirs, third):
+        await events.record(event)
+    since = {"created[gte]": "2030-01-01T00:00:00Z"}
+
+    async def listed(headers: dict[str, str], **params: str | int) -> dict[str, Any]:
+        response = await api.get("/v1/events", params={**since, **params}, headers=headers)
+        assert response.status_code == 200, response.text
+        page: dict[str, Any] = response.json()
+        return page
+
+    page = await listed(other_app.headers, limit=2)
+    assert [e["id"] for e in page["data"]] == [third.id, second.id]
+    assert page["next_cursor"] == second.id
+    page = await listed(other_app.headers, limit=2, cursor=page["next_cursor"])
+    assert ([e["id"] for e in page["data"]], page["next_cursor"]) == ([first.id], None)
+    page = await listed(other_app.headers, type="payment.succeeded")
+    assert [e["id"] for e in page["data"]] == [third.id, first.id]
+
+    # One event reads as the exact document its webhook carried.
+    one = await api.get(f"/v1/events/{first.id}", headers=other_app.headers)
+    assert one.status_code == 200, one.text
+    assert one.json() == json.loads(
+        event_body(
+            event_id=first.id,
+            event_type=first.type,
+            created_at=first.created_at,
+            data=first.data,
+        )
+    )
+    mine = await api.get(f"/v1/events/{theirs.id}", headers=app_headers)
+    assert (mine.status_code, mine.json()["created_at"]) == (200, theirs.created_at)
+    # Another app's event is as missing as one that does not exist.
+    for headers, missing in ((app_headers, first.id), (other_app.headers, theirs.id)):
+        refused = await api.get(f"/v1/events/{missing}", headers=headers)
+        assert (refused.status_code, refused.json()["code"]) == (404, "event_not_found")
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "code"),
+    [
+        ({"type": "payment.teleported"}, "type", "unknown_event_type"),
+        ({"created[gte]": "yesterday"}, "created[gte]", "validation_failed"),
+        ({"created[gte]": "2030-01-01T00:00:00"}, "created[gte]", "timezone_required"),
+        ({"cursor": "pay_nothing"}, "cursor", "validation_failed"),
+        ({"limit": "0"}, "limit", "validation_failed"),
+    ],
+)
+async def test_a_bad_event_filter_is_a_problem_naming_it(
+    api: httpx.AsyncClient, other_app: App, params: dict[str, str], field: str, code: str
+) -> None:
+    response = await api.get("/v1/events", params=params, headers=other_app.headers)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == code
+    assert [e["field"] for e in problem["errors"]] == [field]
 
 
 async def test_an_app_registers_lists_and_deletes_its_endpoints(

@@ -168,6 +168,8 @@ ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/v1/webhook-endpoints/we_nothing"): set(),
     ("POST", "/v1/webhook-endpoints/we_nothing/roll-secret"): set(),
     ("POST", "/v1/webhook-endpoints/we_nothing/enable"): set(),
+    ("GET", "/v1/events"): set(),
+    ("GET", "/v1/events/evt_nothing"): set(),
 }
 
 
@@ -206,7 +208,8 @@ def test_the_matrix_covers_every_route() -> None:
             .replace("rev_nothing", "{review_id}")
             .replace("pay_nothing", "{payment_id}")
             .replace("onb_nothing", "{onboarding_id}")
-            .replace("we_nothing", "{endpoint_id}"),
+            .replace("we_nothing", "{endpoint_id}")
+            .replace("evt_nothing", "{event_id}"),
         )
         for m, p in ROLE_MATRIX
     }
