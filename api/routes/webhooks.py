@@ -14,7 +14,9 @@ endpoint a new one, answered once the same way; the one in use keeps signing nex
 (a second ``v1`` signature) until ``previous_secret_expires_at``, 24 hours unless the app
 asks otherwise (0: at once, for a secret that leaked). With
 ``webhooks_allow_private_addresses`` false (production), an endpoint must be on a public
-address (``infra/webhook_destinations.py``).
+address (``infra/webhook_destinations.py``). A receiver's ``410`` disables its endpoint until
+the app enables it again; what it missed meanwhile the app reads back from ``GET /v1/events``
+(``api/routes/events.py``).
 
 A request that breaks one rule answers 422 with that rule's ``code`` (``invalid_url``,
 ``unknown_event_type``); one that breaks several answers ``validation_failed``. Either
