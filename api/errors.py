@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
+from infra.envelope import KeyServiceUnavailable
 from infra.postgres_pool import DATABASE_UNAVAILABLE
 from models.errors import BusinessRuleError
 
@@ -190,6 +191,15 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     for exc_class in DATABASE_UNAVAILABLE:
         app.add_exception_handler(exc_class, _database_away)
+
+    @app.exception_handler(KeyServiceUnavailable)
+    async def _vault_away(request: Request, exc: KeyServiceUnavailable) -> JSONResponse:
+        # Each write is one transaction and its envelopes are made before it commits, so a
+        # request that met Vault away changed nothing.
+        log.warning("%s %s: Vault unavailable: %s", request.method, request.url.path, exc)
+        return unavailable(
+            "unavailable", "Vault is not reachable", "nothing was changed; try again shortly"
+        ).response(request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -14,6 +14,14 @@ The envelope is a small JSON document, readable without secrets:
 ``kid`` and ``kv`` name the Transit key and the version that wrapped the data key, so a
 rotated platform key still decrypts everything written before the rotation. The header is
 bound to the ciphertext as GCM associated data: changing it breaks decryption.
+
+Vault away (stopped, sealed, answering 5xx) is ``KeyServiceUnavailable``, never an
+``EnvelopeError``: the data is fine, ask again. While Vault is away, the data key in use
+keeps encrypting past its bounds (``STALE_KEY_MAX_USES``, ``STALE_KEY_MAX_SECONDS``), and
+Vault is asked again at most every ``VAULT_RETRY_SECONDS``: the bounds are housekeeping
+(AES-GCM with random nonces is safe for far more messages per key), and every payload of
+every workflow goes through here, so a Vault restart must not stop payments. A process
+that has no data key yet, or an envelope whose key it never unwrapped, needs Vault.
 """
 
 from __future__ import annotations
@@ -27,16 +35,33 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import hvac
+import requests
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infra.key_at_hand import KeyNotAtHand
 from infra.settings import Settings
 
 ALGORITHM = "A256GCM"
+# While Vault is away: how far the data key in use may go past its bounds, and how often
+# Vault is asked again meanwhile.
+STALE_KEY_MAX_USES = 1 << 20
+STALE_KEY_MAX_SECONDS = 3600.0
+VAULT_RETRY_SECONDS = 5.0
+# Vault's answers that mean "not now" rather than "no": unreachable, sealed (503), 5xx.
+_VAULT_AWAY = (
+    requests.RequestException,
+    hvac.exceptions.VaultDown,
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.BadGateway,
+)
 
 
 class EnvelopeError(ValueError):
     """Not an envelope of ours, tampered with, or its key cannot be unwrapped."""
+
+
+class KeyServiceUnavailable(RuntimeError):
+    """Vault cannot give or unwrap a data key now (unreachable, sealed, 5xx): try again."""
 
 
 @dataclass
@@ -46,6 +71,10 @@ class _DataKey:
     version: int
     created: float
     uses: int = 0
+
+
+def _within_grace(key: _DataKey, now: float) -> bool:
+    return key.uses < STALE_KEY_MAX_USES and now - key.created < STALE_KEY_MAX_SECONDS
 
 
 def _b64(data: bytes) -> str:
@@ -81,6 +110,8 @@ class EnvelopeCipher:
         self._max_age = key_max_age_seconds
         self._cache_size = unwrapped_cache_size
         self._current: _DataKey | None = None
+        self._asking = False  # a thread is asking Vault for a new data key
+        self._vault_retry_at = 0.0  # after Vault failed to answer: not asked again before
         self._unwrapped: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -91,27 +122,54 @@ class EnvelopeCipher:
     def _data_key(self, *, local_only: bool = False) -> _DataKey:
         with self._lock:
             key = self._current
-            if (
-                key is None
-                or key.uses >= self._max_uses
-                or time.monotonic() - key.created >= self._max_age
-            ):
-                if local_only:
-                    raise KeyNotAtHand("a new data key is due")
-                response = self._client.secrets.transit.generate_data_key(
-                    name=self._key_name, key_type="plaintext", bits=256, mount_point=self._mount
-                )
-                wrapped: str = response["data"]["ciphertext"]
-                key = _DataKey(
-                    plaintext=base64.b64decode(response["data"]["plaintext"]),
-                    wrapped=wrapped,
-                    version=_version_of(wrapped),
-                    created=time.monotonic(),
-                )
-                self._current = key
-                self._remember(wrapped, key.plaintext)
-            key.uses += 1
-            return key
+            now = time.monotonic()
+            if key is not None and key.uses < self._max_uses and now - key.created < self._max_age:
+                key.uses += 1
+                return key
+            if local_only:
+                raise KeyNotAtHand("a new data key is due")
+            usable = key is not None and _within_grace(key, now)
+            if key is not None and usable and (self._asking or now < self._vault_retry_at):
+                key.uses += 1  # Vault is being asked, or was away a moment ago
+                return key
+            if not usable and now < self._vault_retry_at:
+                raise KeyServiceUnavailable("Vault was not answering a moment ago")
+            self._asking = True
+        # Outside the lock: while one thread waits for Vault, the others go on with the key
+        # in use (above) instead of queueing behind it.
+        try:
+            fresh = self._new_data_key()
+        except KeyServiceUnavailable:
+            with self._lock:
+                self._asking = False
+                self._vault_retry_at = time.monotonic() + VAULT_RETRY_SECONDS
+                key = self._current
+                if key is not None and _within_grace(key, time.monotonic()):
+                    key.uses += 1
+                    return key
+            raise
+        with self._lock:
+            self._asking = False
+            self._vault_retry_at = 0.0
+            self._current = fresh
+            self._remember(fresh.wrapped, fresh.plaintext)
+            fresh.uses += 1
+            return fresh
+
+    def _new_data_key(self) -> _DataKey:
+        try:
+            response = self._client.secrets.transit.generate_data_key(
+                name=self._key_name, key_type="plaintext", bits=256, mount_point=self._mount
+            )
+        except _VAULT_AWAY as exc:
+            raise KeyServiceUnavailable(f"Vault gave no data key: {exc}") from exc
+        wrapped: str = response["data"]["ciphertext"]
+        return _DataKey(
+            plaintext=base64.b64decode(response["data"]["plaintext"]),
+            wrapped=wrapped,
+            version=_version_of(wrapped),
+            created=time.monotonic(),
+        )
 
     def _remember(self, wrapped: str, plaintext: bytes) -> None:
         self._unwrapped[wrapped] = plaintext
@@ -131,6 +189,8 @@ class EnvelopeCipher:
             response = self._client.secrets.transit.decrypt_data(
                 name=self._key_name, ciphertext=wrapped, mount_point=self._mount
             )
+        except _VAULT_AWAY as exc:
+            raise KeyServiceUnavailable(f"Vault could not be asked to unwrap: {exc}") from exc
         except hvac.exceptions.VaultError as exc:
             raise EnvelopeError(f"Vault could not unwrap the data key: {exc}") from exc
         plaintext = base64.b64decode(response["data"]["plaintext"])

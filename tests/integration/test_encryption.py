@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import hvac
@@ -19,14 +23,16 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
+import infra.envelope
 from infra.audit import list_audit_events
-from infra.envelope import EnvelopeCipher, EnvelopeError
+from infra.envelope import EnvelopeCipher, EnvelopeError, KeyServiceUnavailable
 from infra.key_at_hand import KeyNotAtHand
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.temporal import EnvelopePayloadCodec, connect_temporal
 from infra.vault import connect_vault
 from tests.helpers.logins import Logins
+from tests.helpers.stack import stopped
 from tests.helpers.workflows import EchoAfterSignalWorkflow, FailWithMessageWorkflow
 
 
@@ -238,3 +244,77 @@ def test_a_missing_secret_stops_the_worker_with_one_line(settings: Settings) -> 
     assert lines == [
         f"worker: secret {settings.vault_kv_mount}/nowhere/gateway is missing or not readable"
     ]
+
+
+@contextlib.asynccontextmanager
+async def sealed(stack: Stack, settings: Settings) -> AsyncIterator[None]:
+    """Vault sealed for the block (as after a restart nobody unsealed), then restarted,
+    which unseals it, however the block ends."""
+    root = json.loads(stack.vault.init_file.read_text())["root_token"]
+    hvac.Client(url=settings.vault_url, token=root).sys.seal()
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(stack.down, ("vault",))
+        await asyncio.to_thread(stack.up, ("vault",))
+
+
+def decode_request(payloads: list[Payload], logins: Logins, settings: Settings) -> dict[str, Any]:
+    return {
+        "content": json_format.MessageToJson(Payloads(payloads=payloads)),
+        "headers": {
+            "Content-Type": "application/json",
+            "X-Namespace": settings.temporal_namespace,
+            **logins.headers("olivia"),
+        },
+    }
+
+
+@pytest.mark.lifecycle
+async def test_vault_away_or_sealed_is_a_503_to_retry_not_a_bad_envelope(
+    api: httpx.AsyncClient, logins: Logins, settings: Settings, stack: Stack
+) -> None:
+    # Written with a data key the API never unwrapped: reading it needs Vault.
+    writer = fresh_cipher(settings)
+    newcomer = fresh_cipher(settings)  # logged in, no data key yet
+    envelope = writer.encrypt(b"Maria Lindqvist")
+    payload = Payload(metadata={"encoding": b"json/plain"}, data=b'"Maria Lindqvist"')
+    request = decode_request(await EnvelopePayloadCodec(writer).encode([payload]), logins, settings)
+
+    for away in (lambda: stopped(stack, "vault"), lambda: sealed(stack, settings)):
+        async with away():
+            with pytest.raises(KeyServiceUnavailable):
+                newcomer.decrypt(envelope)
+            with pytest.raises(KeyServiceUnavailable):
+                newcomer.encrypt(b"anything")
+            refused = await api.post("/codec/decode", **request)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert (refused.json()["code"], refused.headers["Retry-After"]) == ("unavailable", "1")
+        newcomer = fresh_cipher(settings)  # its "Vault was away" pause would delay the next
+
+    decoded = await api.post("/codec/decode", **request)
+    assert decoded.status_code == 200, decoded.text
+    assert json_format.ParseDict(decoded.json(), Payloads()).payloads[0] == payload
+    assert newcomer.decrypt(envelope) == b"Maria Lindqvist"
+
+
+@pytest.mark.lifecycle
+async def test_the_data_key_in_use_keeps_encrypting_while_vault_is_away(
+    settings: Settings, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(infra.envelope, "VAULT_RETRY_SECONDS", 0.5)
+    # A new data key is due after every envelope: each encryption asks Vault first.
+    cipher = EnvelopeCipher(connect_vault(settings), settings, key_max_uses=1)
+    first = cipher.encrypt(b"one")
+    async with stopped(stack, "vault"):
+        # Payloads of running payments keep being sealed with the key in use.
+        second = cipher.encrypt(b"two")
+        third = cipher.encrypt(b"three")
+        assert {json.loads(e)["dk"] for e in (first, second, third)} == {json.loads(first)["dk"]}
+        assert [cipher.decrypt(e) for e in (second, third)] == [b"two", b"three"]
+    await asyncio.sleep(0.5)
+    # Vault is back: the next envelope gets a new data key, and the old ones still open.
+    fourth = cipher.encrypt(b"four")
+    assert json.loads(fourth)["dk"] != json.loads(first)["dk"]
+    assert fresh_cipher(settings).decrypt(third) == b"three"
