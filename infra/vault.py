@@ -3,14 +3,22 @@
 Processes log in with an AppRole (role id + secret id are the only bootstrap credentials
 that may come from the environment). A secret the platform needs and cannot read stops
 the process at start with one line that names it.
+
+The AppRole's tokens live an hour (``token_ttl``); our processes run for days. Vault
+answers an expired token with 403, so the client logs in again on a 403 and repeats the
+request once (``LoginKeeper``); a path the policy refuses is still refused after that.
 """
 
 from __future__ import annotations
 
 import base64
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import hvac
 import requests
+from hvac.adapters import JSONAdapter
 from hvac.exceptions import Forbidden, InvalidPath, VaultError
 
 from infra.settings import Settings
@@ -24,21 +32,54 @@ class MissingSecret(SecretsUnavailable):
     pass
 
 
+class LoginKeeper(JSONAdapter):  # type: ignore[misc] # hvac ships no type hints
+    """hvac's JSON adapter that logs in again when Vault refuses the token (403) and repeats
+    the request once. Threads that meet the same expired token log in once between them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.relogin: Callable[[], object] | None = None
+        self._login_lock = threading.Lock()
+        self._logging_in = threading.local()
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        token = self.token
+        try:
+            return super().request(*args, **kwargs)
+        except Forbidden:
+            if self.relogin is None or getattr(self._logging_in, "active", False):
+                raise  # no way to log in, or the login itself was refused
+        with self._login_lock:
+            if self.token == token:  # nobody logged in since this request was sent
+                self._logging_in.active = True
+                try:
+                    self.relogin()
+                finally:
+                    self._logging_in.active = False
+        return super().request(*args, **kwargs)
+
+
 def connect_vault(settings: Settings) -> hvac.Client:
     if settings.vault_role_id is None or settings.vault_secret_id is None:
         raise SecretsUnavailable(
             "BFC_VAULT_ROLE_ID and BFC_VAULT_SECRET_ID are not set (the stack writes them to "
             ".stack/vault/approle.json)"
         )
-    client = hvac.Client(url=settings.vault_url, timeout=5)
-    try:
-        client.auth.approle.login(
-            role_id=settings.vault_role_id,
-            secret_id=settings.vault_secret_id.get_secret_value(),
+    role_id, secret_id = settings.vault_role_id, settings.vault_secret_id
+
+    def login() -> object:
+        return client.auth.approle.login(
+            role_id=role_id,
+            secret_id=secret_id.get_secret_value(),
             mount_point=settings.vault_approle_mount,
         )
+
+    client = hvac.Client(url=settings.vault_url, timeout=5, adapter=LoginKeeper)
+    try:
+        login()
     except (VaultError, requests.RequestException) as exc:
         raise SecretsUnavailable(f"vault login at {settings.vault_url} failed: {exc}") from exc
+    client.adapter.relogin = login
     return client
 
 

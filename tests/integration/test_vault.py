@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
 import hvac
 import pytest
 from hvac.exceptions import Forbidden
 from pydantic import SecretStr
 
+from infra.envelope import EnvelopeCipher
 from infra.settings import Settings
 from infra.stack.launcher import Stack
+from infra.stack.vault import APP_POLICY
 from infra.vault import (
     MissingSecret,
     SecretStore,
@@ -64,3 +71,46 @@ def test_vault_keeps_its_data_on_disk(stack: Stack, settings: Settings) -> None:
     assert status["storage_type"] == "raft"
     assert status["sealed"] is False
     assert (stack.vault.home / "raft" / "raft" / "raft.db").exists()
+
+
+@pytest.fixture
+def brief_login(stack: Stack, settings: Settings) -> Iterator[Settings]:
+    """Settings whose AppRole login lives 2 s: the platform's role gives an hour, and a
+    process of ours outlives that many times over."""
+    root = json.loads(stack.vault.init_file.read_text())["root_token"]
+    admin = hvac.Client(url=settings.vault_url, token=root)
+    role, mount = f"bfc-brief-{uuid.uuid4().hex[:8]}", settings.vault_approle_mount
+    admin.auth.approle.create_or_update_approle(
+        role_name=role,
+        token_policies=[APP_POLICY],
+        token_ttl="2s",
+        token_max_ttl="2s",
+        mount_point=mount,
+    )
+    try:
+        role_id = admin.auth.approle.read_role_id(role_name=role, mount_point=mount)
+        secret_id = admin.auth.approle.generate_secret_id(role_name=role, mount_point=mount)
+        yield settings.model_copy(
+            update={
+                "vault_role_id": role_id["data"]["role_id"],
+                "vault_secret_id": SecretStr(secret_id["data"]["secret_id"]),
+            }
+        )
+    finally:
+        admin.auth.approle.delete_role(role_name=role, mount_point=mount)
+
+
+def test_a_process_outlives_its_vault_token(brief_login: Settings) -> None:
+    client = connect_vault(brief_login)
+    first_token = client.token
+    cipher = EnvelopeCipher(client, brief_login, key_max_uses=1)  # Vault for every envelope
+    opened = cipher.encrypt(b"before")
+    time.sleep(3)  # the token has expired: Vault answers it with 403
+
+    assert cipher.decrypt(cipher.encrypt(b"after")) == b"after"
+    assert EnvelopeCipher(client, brief_login).decrypt(opened) == b"before"  # an unwrap
+    assert SecretStore(client, brief_login).read("webhooks")["signing_secret"]
+    assert client.token != first_token
+    # What the policy refuses stays refused after the new login.
+    with pytest.raises(Forbidden):
+        client.sys.list_mounted_secrets_engines()
