@@ -148,6 +148,10 @@ class EnvelopeCipher:
                     key.uses += 1
                     return key
             raise
+        except BaseException:
+            with self._lock:  # a refusal: the next caller asks again
+                self._asking = False
+            raise
         with self._lock:
             self._asking = False
             self._vault_retry_at = 0.0

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import hvac
 import pytest
-from hvac.exceptions import Forbidden
+from hvac.exceptions import Forbidden, InvalidPath, VaultError
 from pydantic import SecretStr
 
-from infra.envelope import EnvelopeCipher
+from infra.envelope import EnvelopeCipher, KeyServiceUnavailable
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.stack.vault import APP_POLICY
@@ -73,10 +75,22 @@ def test_vault_keeps_its_data_on_disk(stack: Stack, settings: Settings) -> None:
     assert (stack.vault.home / "raft" / "raft" / "raft.db").exists()
 
 
+@dataclass
+class Role:
+    settings: Settings  # the platform's settings, logging in with this role
+    name: str
+    admin: hvac.Client
+
+    def delete(self) -> None:
+        self.admin.auth.approle.delete_role(
+            role_name=self.name, mount_point=self.settings.vault_approle_mount
+        )
+
+
 @pytest.fixture
-def brief_login(stack: Stack, settings: Settings) -> Iterator[Settings]:
-    """Settings whose AppRole login lives 2 s: the platform's role gives an hour, and a
-    process of ours outlives that many times over."""
+def brief_login(stack: Stack, settings: Settings) -> Iterator[Role]:
+    """An AppRole of the platform's policy whose logins live 2 s: the platform's role gives
+    an hour, and a process of ours outlives that many times over."""
     root = json.loads(stack.vault.init_file.read_text())["root_token"]
     admin = hvac.Client(url=settings.vault_url, token=root)
     role, mount = f"bfc-brief-{uuid.uuid4().hex[:8]}", settings.vault_approle_mount
@@ -90,27 +104,45 @@ def brief_login(stack: Stack, settings: Settings) -> Iterator[Settings]:
     try:
         role_id = admin.auth.approle.read_role_id(role_name=role, mount_point=mount)
         secret_id = admin.auth.approle.generate_secret_id(role_name=role, mount_point=mount)
-        yield settings.model_copy(
+        login = settings.model_copy(
             update={
                 "vault_role_id": role_id["data"]["role_id"],
                 "vault_secret_id": SecretStr(secret_id["data"]["secret_id"]),
             }
         )
+        yield Role(login, role, admin)
     finally:
-        admin.auth.approle.delete_role(role_name=role, mount_point=mount)
+        with contextlib.suppress(InvalidPath):  # a test may have deleted it
+            admin.auth.approle.delete_role(role_name=role, mount_point=mount)
 
 
-def test_a_process_outlives_its_vault_token(brief_login: Settings) -> None:
-    client = connect_vault(brief_login)
+def test_a_process_outlives_its_vault_token(brief_login: Role) -> None:
+    settings = brief_login.settings
+    client = connect_vault(settings)
     first_token = client.token
-    cipher = EnvelopeCipher(client, brief_login, key_max_uses=1)  # Vault for every envelope
+    cipher = EnvelopeCipher(client, settings, key_max_uses=1)  # Vault for every envelope
     opened = cipher.encrypt(b"before")
     time.sleep(3)  # the token has expired: Vault answers it with 403
 
     assert cipher.decrypt(cipher.encrypt(b"after")) == b"after"
-    assert EnvelopeCipher(client, brief_login).decrypt(opened) == b"before"  # an unwrap
-    assert SecretStore(client, brief_login).read("webhooks")["signing_secret"]
+    assert EnvelopeCipher(client, settings).decrypt(opened) == b"before"  # an unwrap
+    assert SecretStore(client, settings).read("webhooks")["signing_secret"]
     assert client.token != first_token
     # What the policy refuses stays refused after the new login.
     with pytest.raises(Forbidden):
         client.sys.list_mounted_secrets_engines()
+
+
+def test_a_refused_login_is_not_taken_for_vault_away(brief_login: Role) -> None:
+    # The key in use outlives Vault being away (test_encryption), not Vault saying no: a
+    # process whose role was removed fails at each new data key, and keeps asking.
+    cipher = EnvelopeCipher(
+        connect_vault(brief_login.settings), brief_login.settings, key_max_uses=1
+    )
+    cipher.encrypt(b"while the role exists")
+    brief_login.delete()
+    time.sleep(3)  # the token has expired, and logging in again is refused
+    for _ in range(2):
+        with pytest.raises(VaultError) as refused:
+            cipher.encrypt(b"after the role is gone")
+        assert not isinstance(refused.value, KeyServiceUnavailable)
