@@ -100,6 +100,11 @@ def invalid_fields(errors: list[dict[str, str]], code: str = "validation_failed"
     )
 
 
+def invalid_field(field: str, code: str, message: str) -> ProblemError:
+    """The 422 for one offending field, answered with that field's own ``code``."""
+    return invalid_fields([{"field": field, "code": code, "message": message}], code)
+
+
 def problem_response(
     status: int,
     code: str,

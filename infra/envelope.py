@@ -128,11 +128,11 @@ class EnvelopeCipher:
                 return key
             if local_only:
                 raise KeyNotAtHand("a new data key is due")
-            usable = key is not None and _within_grace(key, now)
-            if key is not None and usable and (self._asking or now < self._vault_retry_at):
-                key.uses += 1  # Vault is being asked, or was away a moment ago
-                return key
-            if not usable and now < self._vault_retry_at:
+            stale = key if key is not None and _within_grace(key, now) else None
+            if stale is not None and (self._asking or now < self._vault_retry_at):
+                stale.uses += 1  # Vault is being asked, or was away a moment ago
+                return stale
+            if stale is None and now < self._vault_retry_at:
                 raise KeyServiceUnavailable("Vault was not answering a moment ago")
             self._asking = True
         # Outside the lock: while one thread waits for Vault, the others go on with the key
@@ -141,19 +141,17 @@ class EnvelopeCipher:
             fresh = self._new_data_key()
         except KeyServiceUnavailable:
             with self._lock:
-                self._asking = False
                 self._vault_retry_at = time.monotonic() + VAULT_RETRY_SECONDS
                 key = self._current
                 if key is not None and _within_grace(key, time.monotonic()):
                     key.uses += 1
                     return key
             raise
-        except BaseException:
-            with self._lock:  # a refusal: the next caller asks again
+        finally:
+            # However it went (a refusal too), the next caller that finds the key due asks.
+            with self._lock:
                 self._asking = False
-            raise
         with self._lock:
-            self._asking = False
             self._vault_retry_at = 0.0
             self._current = fresh
             self._remember(fresh.wrapped, fresh.plaintext)

@@ -35,6 +35,12 @@ EVENT_TYPES: frozenset[str] = frozenset(
     }
 )
 
+
+def not_an_event_type(value: str) -> str:
+    """What a client is told of an event type we do not have."""
+    return f"{value!r} is not one of: {', '.join(sorted(EVENT_TYPES))}"
+
+
 # ApplicationError types deliver_webhook raises when retrying cannot help.
 ENDPOINT_GONE = "EndpointGone"  # the receiver answered 410: the endpoint is now disabled
 ENDPOINT_DISABLED = "EndpointDisabled"  # deleted or disabled before this attempt

@@ -16,9 +16,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from api.auth import Principal, require_role
-from api.errors import ProblemError, invalid_fields
+from api.errors import ProblemError, invalid_field
 from infra.event_log import EventLog
-from models.notifications import EVENT_TYPES
+from models.notifications import EVENT_TYPES, not_an_event_type
 from models.webhook_schemas import EventList, EventPublic
 
 router = APIRouter(prefix="/v1/events", tags=["webhooks"])
@@ -45,26 +45,12 @@ async def list_events(  # noqa: PLR0917 - FastAPI passes query parameters by nam
     """Your events, newest first; ``next_cursor`` pages. ``delivery_success=false``: the
     events no endpoint of yours accepted (none was subscribed, or every attempt failed)."""
     if type_ is not None and type_ not in EVENT_TYPES:
-        raise invalid_fields(
-            [
-                {
-                    "field": "type",
-                    "code": "unknown_event_type",
-                    "message": f"{type_!r} is not one of: {', '.join(sorted(EVENT_TYPES))}",
-                }
-            ],
-            "unknown_event_type",
-        )
+        raise invalid_field("type", "unknown_event_type", not_an_event_type(type_))
     if created_gte is not None and created_gte.tzinfo is None:
-        raise invalid_fields(
-            [
-                {
-                    "field": "created[gte]",
-                    "code": "timezone_required",
-                    "message": "give the moment with its offset, e.g. 2026-12-03T10:00:00Z",
-                }
-            ],
+        raise invalid_field(
+            "created[gte]",
             "timezone_required",
+            "give the moment with its offset, e.g. 2026-12-03T10:00:00Z",
         )
     rows = await _events(request).page(
         client_id=principal.own_client(),

@@ -34,11 +34,11 @@ from fastapi import APIRouter, Depends, Request, Response, status
 
 from api.auth import Principal, require_role
 from api.deps import EngineDep, SettingsDep
-from api.errors import ProblemError, invalid_fields
+from api.errors import ProblemError, invalid_field, invalid_fields
 from infra.webhook_destinations import url_host_problem
 from infra.webhook_store import WebhookStore
 from infra.webhooks import new_signing_secret
-from models.notifications import EVENT_TYPES
+from models.notifications import EVENT_TYPES, not_an_event_type
 from models.webhook_schemas import (
     WebhookEndpointCreate,
     WebhookEndpointCreated,
@@ -88,7 +88,7 @@ def url_problem(url: str, *, allow_http: bool, allow_private: bool = True) -> st
 
 
 def _invalid(errors: list[dict[str, str]]) -> ProblemError:
-    return invalid_fields(errors, errors[0]["code"] if len(errors) == 1 else "validation_failed")
+    return invalid_field(**errors[0]) if len(errors) == 1 else invalid_fields(errors)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookEndpointCreated)
@@ -115,7 +115,7 @@ async def create_webhook_endpoint(
                 {
                     "field": f"event_types.{index}",
                     "code": "unknown_event_type",
-                    "message": f"{event_type!r} is not one of: {', '.join(sorted(EVENT_TYPES))}",
+                    "message": not_an_event_type(event_type),
                 }
             )
     if errors:
