@@ -145,7 +145,7 @@ class PaymentActivities:
         for account_id in (hold.debit_account_id, hold.credit_account_id):
             await self._ensure_platform_account(account_id, hold.currency)
         try:
-            transfer = await self._ledger.create_transfer(
+            transfer_id = await self._ledger.record_transfer(
                 TransferRequest(
                     id=hold.transfer_id,
                     kind=TransferKind.PENDING,
@@ -159,12 +159,12 @@ class PaymentActivities:
             )
         except LedgerError as exc:
             raise ledger_refusal(exc) from exc
-        return transfer.id
+        return transfer_id
 
     @activity.defn(name=POST_HOLD)
     async def post_hold(self, request: ResolveHoldInput) -> str:
         try:
-            transfer = await self._ledger.create_transfer(
+            transfer_id = await self._ledger.record_transfer(
                 TransferRequest(
                     id=request.transfer_id,
                     kind=TransferKind.POST_PENDING,
@@ -174,13 +174,13 @@ class PaymentActivities:
             )
         except LedgerError as exc:
             raise ledger_refusal(exc) from exc
-        return transfer.id
+        return transfer_id
 
     @activity.defn(name=VOID_HOLD)
     async def void_hold(self, request: ResolveHoldInput) -> str | None:
         """Release a hold. One that expired or was already resolved needs no release."""
         try:
-            transfer = await self._ledger.create_transfer(
+            transfer_id = await self._ledger.record_transfer(
                 TransferRequest(
                     id=request.transfer_id,
                     kind=TransferKind.VOID_PENDING,
@@ -199,7 +199,7 @@ class PaymentActivities:
             return None
         except LedgerError as exc:
             raise ledger_refusal(exc) from exc
-        return transfer.id
+        return transfer_id
 
     # ---- gateway ---------------------------------------------------------------------
 

@@ -212,6 +212,17 @@ class LedgerStore:
     async def create_transfer(self, transfer: TransferRequest) -> Transfer:
         return (await self.submit([transfer]))[0]
 
+    async def record_transfer(self, transfer: TransferRequest) -> str:
+        """Create one transfer (or find it made before under its id) and answer its id.
+
+        For callers that need only to know it is in the ledger, such as the payment saga's
+        hold, post and void: no second round trip to read the row back."""
+        result = await self._call_submit(Jsonb([transfer.as_json()]))
+        if not result["ok"]:
+            raise ledger_error(result)
+        transfer_id: str = result["transfers"][0]["id"]
+        return transfer_id
+
     async def submit_outcome(
         self, transfers: Sequence[TransferRequest], *, audit: AuditNote | None = None
     ) -> dict[str, Any]:

@@ -235,6 +235,39 @@ async def test_retries_are_exact(ledger: LedgerStore, accounts: AccountFactory) 
     await books_balance(ledger)
 
 
+async def test_the_sagas_steps_learn_only_the_id(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    """``record_transfer`` (hold, post and void in the payment saga) answers the id without
+    reading the row back, and is as exact as ``create_transfer`` on retries and refusals."""
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    await accounts.fund(alice, 1_000)
+    hold = accounts.move(alice, bob, 600, name="hold", kind=TransferKind.PENDING)
+
+    assert await ledger.record_transfer(hold) == hold.id
+    assert await ledger.record_transfer(hold) == hold.id  # a retry: still one hold
+    assert await accounts.available(alice) == 400
+    post = TransferRequest(
+        id=accounts.transfer_id("post"), kind=TransferKind.POST_PENDING, pending_id=hold.id
+    )
+    assert await ledger.record_transfer(post) == post.id
+    assert await accounts.available(bob) == 600
+    # Refusals are the ledger's typed errors, as from create_transfer.
+    with pytest.raises(PendingTransferAlreadyResolved):
+        await ledger.record_transfer(
+            TransferRequest(
+                id=accounts.transfer_id("void"), kind=TransferKind.VOID_PENDING, pending_id=hold.id
+            )
+        )
+    with pytest.raises(InsufficientFunds):
+        await ledger.record_transfer(accounts.move(alice, bob, 401, name="too_much"))
+    with pytest.raises(IdempotencyConflict):
+        await ledger.record_transfer(TransferRequest(**{**hold.__dict__, "amount": 601}))
+    assert await accounts.available(alice) == 400
+    await books_balance(ledger)
+
+
 async def test_a_closed_account_takes_no_new_money(
     ledger: LedgerStore, accounts: AccountFactory
 ) -> None:
