@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -31,7 +32,7 @@ from infra.event_log import EventLog
 from infra.identity import MailAddresses
 from infra.notifier import SMTP_TIMEOUT_SECONDS, Notifier
 from infra.webhook_store import WebhookStore
-from infra.webhooks import EndpointGone, WebhookFailed, WebhookSender, event_body
+from infra.webhooks import EndpointGone, UnusableURL, WebhookFailed, WebhookSender, event_body
 from models.notifications import (
     DELIVER_WEBHOOK,
     EMAIL_CUSTOMER,
@@ -60,7 +61,9 @@ class InlineMailGate:
     ``pause`` seconds; then one at a time, until one succeeds. One at a time, as a relay
     that hangs holds each attempt for its whole timeout: were every payment let through
     when the pause ends, they would all wait on it together again. Any mail that goes out
-    (inline or durable) opens the gate. Thread-safe: sync activities run in an executor."""
+    (inline or durable) opens the gate; a probe that never reached the relay (no address,
+    sent before) leaves it closed and lets the next one try. Thread-safe: sync activities
+    run in an executor."""
 
     def __init__(
         self, clock: Callable[[], float] = time.monotonic, pause: float = INLINE_PAUSE_SECONDS
@@ -71,18 +74,26 @@ class InlineMailGate:
         self._closed_until: float | None = None  # None: open
         self._probing = False
 
-    def admit(self) -> bool:
+    def admit(self) -> Literal["open", "probe"] | None:
+        """Whether to try: ``"open"``, yes; ``"probe"``, yes, as the one mail that does while
+        the gate is closed (it reports back, ``untried`` included); None, give up at once."""
         with self._lock:
             if self._closed_until is None:
-                return True
+                return "open"
             if self._probing or self._clock() < self._closed_until:
-                return False
+                return None
             self._probing = True
-            return True
+            return "probe"
 
     def succeeded(self) -> None:
+        """A mail went out: the relay works."""
         with self._lock:
             self._closed_until, self._probing = None, False
+
+    def untried(self) -> None:
+        """The probe ended without asking the relay: that says nothing about it."""
+        with self._lock:
+            self._probing = False
 
     def failed(self) -> None:
         with self._lock:
@@ -188,14 +199,20 @@ class NotifyActivities:
             await asyncio.to_thread(store.disable_endpoint, endpoint.id, reason=reason)
             raise ApplicationError(str(failure), type=ENDPOINT_GONE, non_retryable=True)
         if failure is not None or status_code is None:
-            # Retryable: Temporal tries again with backoff (the workflow's retry policy).
-            raise ApplicationError(str(failure), type="WebhookFailed")
+            # Retryable: Temporal tries again with backoff (the workflow's retry policy),
+            # except for a URL that cannot be parsed, which days of retries cannot mend.
+            raise ApplicationError(
+                str(failure),
+                type="WebhookFailed",
+                non_retryable=isinstance(failure, UnusableURL),
+            )
         return DeliveryResult(endpoint_id=endpoint.id, status_code=status_code, attempt=attempt)
 
     @activity.defn(name=EMAIL_CUSTOMER)
     def email_customer(self, event: PlatformEvent) -> EmailOutcome:
         inline = activity.info().is_local
-        if inline and not self._inline_gate.admit():
+        admitted = self._inline_gate.admit() if inline else "open"
+        if admitted is None:
             raise ApplicationError(
                 "an inline mail failed moments ago: this one goes to durable delivery",
                 type=INLINE_MAIL_PAUSED,
@@ -209,7 +226,12 @@ class NotifyActivities:
             if inline:
                 self._inline_gate.failed()
             raise
-        self._inline_gate.succeeded()
+        # Only a mail the relay took opens the gate: no address, or one sent before, never
+        # reached it, and the relay may still be down.
+        if outcome.status == "sent":
+            self._inline_gate.succeeded()
+        elif admitted == "probe":
+            self._inline_gate.untried()
         return outcome
 
     def _email_customer(self, event: PlatformEvent, *, timeout: float) -> EmailOutcome:

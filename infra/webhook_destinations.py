@@ -43,10 +43,26 @@ def literal_address(host: str) -> str | None:
         return None
 
 
+def parse_url(url: str) -> httpx.URL:
+    """``url`` as the sender parses it; raises ``ValueError`` for one it cannot (httpx is
+    stricter than ``urllib``: ``0177.0.0.1`` is no IPv4 address to it, ``xn--`` no IDNA
+    label), so registration and sending refuse the same URLs."""
+    try:
+        parsed = httpx.URL(url)
+        parsed.host  # noqa: B018 - an IDNA label is decoded (and refused) only when read
+    except (httpx.InvalidURL, ValueError) as exc:  # idna.IDNAError is a ValueError
+        raise ValueError(f"the URL cannot be parsed: {exc}") from exc
+    return parsed
+
+
 def url_host_problem(url: str) -> str | None:
-    """Why a URL's host is refused at registration: an address written out that is not
-    public, or ``localhost``. Names are checked when sending, as they may change."""
-    host = (httpx.URL(url).host or "").lower()
+    """Why a URL's host is refused at registration: one that cannot be parsed, an address
+    written out that is not public, or ``localhost``. Names are checked when sending, as
+    they may change."""
+    try:
+        host = (parse_url(url).host or "").lower()
+    except ValueError as exc:
+        return str(exc)
     if host == "localhost" or host.endswith(".localhost"):
         return "the URL must point at a public address, not localhost"
     address = literal_address(host)
@@ -61,12 +77,22 @@ async def pinned(url: httpx.URL, resolver: Resolver) -> tuple[list[httpx.URL], d
     cannot connect), and the headers that keep the request addressed to the name (Host;
     TLS is verified against the name through ``sni_hostname``). Raises ``LookupError``
     naming a refused address."""
-    host = url.host
+    host = ascii_host(url)
     port = url.port or (443 if url.scheme == "https" else 80)
     address = literal_address(host)
     addresses = [address] if address is not None else await resolver(host, port)
     refused = [a for a in addresses if not is_public(a)]
     if refused or not addresses:
         raise LookupError(f"{host} resolves to a non-public address ({', '.join(refused)})")
-    host_header = host if url.port is None else f"{host}:{url.port}"
+    # The Host header httpx itself writes for the URL: the IDNA (ASCII) form of a name, an
+    # IPv6 address in brackets, the port only when it is not the scheme's default.
+    host_header = url.netloc.decode("ascii")
     return [url.copy_with(host=a) for a in addresses], {"Host": host_header}
+
+
+def ascii_host(url: httpx.URL) -> str:
+    """The host as it goes on the wire (resolver, Host, TLS): ``url.host`` is the Unicode
+    form of a non-ASCII name, which is neither a valid header value nor, for a name such
+    as ``ß.example``, the name IDNA 2008 resolves (the resolver's IDNA 2003 maps it to
+    ``ss.example``). An IPv6 address comes without brackets."""
+    return url.raw_host.decode("ascii")

@@ -36,6 +36,7 @@ from sqlmodel import Session
 
 from infra.audit import record_audit_event
 from infra.envelope import EnvelopeCipher
+from infra.webhooks import storable_text
 from models.ids import new_id
 from models.notifications import DeliveryAttempt, PlatformEvent, WebhookEndpoint
 
@@ -370,7 +371,9 @@ class WebhookStore:
                     endpoint_id=endpoint_id,
                     attempt=attempt,
                     status_code=status_code,
-                    error=None if error is None else error[:_MAX_ERROR],
+                    # Any failure's text (an excerpt of the receiver's answer, an error
+                    # message quoting it): one NUL in it would lose the whole row.
+                    error=None if error is None else storable_text(error[:_MAX_ERROR]),
                 )
             )
 

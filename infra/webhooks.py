@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from infra.settings import Settings
-from infra.webhook_destinations import Resolver, pinned, resolve
+from infra.webhook_destinations import Resolver, ascii_host, parse_url, pinned, resolve
 
 SIGNATURE_HEADER = "BFC-Signature"
 EVENT_ID_HEADER = "BFC-Event-Id"
@@ -138,6 +138,11 @@ class EndpointGone(WebhookFailed):
     """410 Gone: the receiver asks us to stop sending to this endpoint."""
 
 
+class UnusableURL(WebhookFailed):
+    """The endpoint's URL cannot be parsed (registered before registration refused such
+    URLs): nothing was sent, and no retry can change that."""
+
+
 class DestinationRefused(WebhookFailed):
     """The endpoint's name resolves to an address that is not public (private, loopback,
     link-local, …) while the deployment allows public ones only: nothing was sent."""
@@ -146,6 +151,15 @@ class DestinationRefused(WebhookFailed):
 @dataclass(frozen=True)
 class Accepted:
     status_code: int
+
+
+def storable_text(raw: bytes | str) -> str:
+    """Text PostgreSQL can keep. A receiver's answer is whatever it sent, and its attempt
+    must still be recorded: NUL, which no text column holds, and bytes that are not UTF-8
+    (or a character the excerpt cut in two) become U+FFFD; a lone surrogate, which has no
+    UTF-8 form, becomes ``?``."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    return text.encode(errors="replace").decode().replace("\x00", "\ufffd")
 
 
 def create_webhook_client(settings: Settings) -> httpx.AsyncClient:
@@ -197,7 +211,10 @@ class WebhookSender:
             EVENT_ID_HEADER: event_id,
             EVENT_TYPE_HEADER: event_type,
         }
-        named = httpx.URL(url)
+        try:
+            named = parse_url(url)
+        except ValueError as exc:
+            raise UnusableURL(str(exc), status_code=None) from exc
         targets = [named]
         extensions: dict[str, Any] = {}
         if not self._allow_private:
@@ -211,7 +228,8 @@ class WebhookSender:
                 ) from exc
             headers.update(host_header)
             if named.scheme == "https":
-                extensions["sni_hostname"] = named.host  # the certificate is checked for the name
+                # The certificate is checked for the name (its ASCII form, as without pinning).
+                extensions["sni_hostname"] = ascii_host(named)
         unreachable: list[str] = []
         for target in targets:
             try:
@@ -228,8 +246,10 @@ class WebhookSender:
         if status == httpx.codes.GONE:
             raise EndpointGone("the endpoint answered 410 Gone", status_code=status)
         if not 200 <= status < 300:
-            text = excerpt[:_ERROR_EXCERPT].decode(errors="replace")
-            raise WebhookFailed(f"the endpoint answered {status}: {text}", status_code=status)
+            raise WebhookFailed(
+                f"the endpoint answered {status}: {storable_text(excerpt[:_ERROR_EXCERPT])}",
+                status_code=status,
+            )
         return Accepted(status_code=status)
 
     async def _post(

@@ -35,7 +35,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from api.auth import Principal, require_role
 from api.deps import EngineDep, SettingsDep
 from api.errors import ProblemError, invalid_field, invalid_fields
-from infra.webhook_destinations import url_host_problem
+from infra.webhook_destinations import parse_url, url_host_problem
 from infra.webhook_store import WebhookStore
 from infra.webhooks import new_signing_secret
 from models.notifications import EVENT_TYPES, not_an_event_type
@@ -68,6 +68,12 @@ def url_problem(url: str, *, allow_http: bool, allow_private: bool = True) -> st
         parts.port  # noqa: B018 - parsing the port is the check: a bad one raises
     except ValueError as exc:
         return f"the URL cannot be parsed: {exc}"
+    try:
+        # As stored, the URL must parse for the sender too, whatever the configuration:
+        # registered, one it cannot parse would fail every delivery.
+        parse_url(urlunsplit(parts))
+    except ValueError as exc:
+        return str(exc)
     allowed = ("https", "http") if allow_http else ("https",)
     rules = [
         (

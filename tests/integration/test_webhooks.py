@@ -29,6 +29,7 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities
+from api.main import create_app
 from infra.audit import list_audit_events
 from infra.envelope import EnvelopeCipher
 from infra.event_log import EventLog
@@ -44,6 +45,7 @@ from infra.webhooks import (
     WebhookSender,
     create_webhook_client,
     event_body,
+    new_signing_secret,
     verify,
 )
 from models.notifications import (
@@ -80,6 +82,7 @@ class Receiver:
     url: str
     answers: list[int] = field(default_factory=list)  # status codes to answer, in turn; then 200
     requests: list[Received] = field(default_factory=list)
+    body: bytes = b""  # what every answer carries
 
     def answer(self) -> int:
         return self.answers.pop(0) if self.answers else 200
@@ -95,8 +98,9 @@ def receiver() -> Iterator[Receiver]:
             state.requests.append(Received(headers=dict(self.headers), body=body))
             status = state.answer()
             self.send_response(status)
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(state.body)))
             self.end_headers()
+            self.wfile.write(state.body)
 
         def log_message(self, *args: Any) -> None:  # quiet test output
             pass
@@ -431,6 +435,117 @@ async def test_a_receiver_answering_410_is_disabled_and_hears_no_more_until_enab
     )
     assert mended.id in {e["id"] for e in accepted.json()["data"]}
     assert {event.id, later.id}.isdisjoint(e["id"] for e in accepted.json()["data"])
+
+
+async def test_an_answer_postgres_text_cannot_hold_is_still_recorded(
+    api: httpx.AsyncClient,
+    endpoints: list[tuple[str, dict[str, str]]],
+    other_app: App,
+    receiver: Receiver,
+    notify_queue: tuple[str, NotifyActivities],
+    events: EventLog,
+    engine: Engine,
+    cipher: EnvelopeCipher,
+    unique: str,
+) -> None:
+    # A NUL byte in the receiver's answer made the attempt's row fail to insert: the
+    # attempt went unrecorded, and the activity failed on our side, not the receiver's.
+    _, activities = notify_queue
+    endpoint = await register(
+        api, endpoints, other_app.headers, receiver.url, ["payment.succeeded"]
+    )
+    receiver.answers, receiver.body = [500], b"gone\x00 \xff"
+    event = an_event(other_app.client_id, None, unique)
+    assert endpoint["id"] in await events.record(event)
+
+    with pytest.raises(ApplicationError) as failed:
+        await ActivityEnvironment().run(
+            activities.deliver_webhook, WebhookDelivery(event.id, endpoint["id"])
+        )
+    assert (failed.value.type, failed.value.non_retryable) == ("WebhookFailed", False)
+    store = WebhookStore(engine, cipher)
+    # Whatever error text the store is handed, too (a lone surrogate has no UTF-8 form).
+    store.record_attempt(
+        event_id=event.id,
+        endpoint_id=endpoint["id"],
+        attempt=2,
+        status_code=None,
+        error="nul\x00 surrogate\ud800",
+    )
+    attempts = store.list_attempts(event.id)
+    assert [(a.attempt, a.status_code, a.error) for a in attempts] == [
+        (1, 500, "the endpoint answered 500: gone\ufffd \ufffd"),
+        (2, None, "nul\ufffd surrogate?"),
+    ]
+
+
+async def test_a_stored_url_the_sender_cannot_parse_is_one_recorded_failure(
+    endpoints: list[tuple[str, dict[str, str]]],
+    other_app: App,
+    notify_queue: tuple[str, NotifyActivities],
+    events: EventLog,
+    engine: Engine,
+    cipher: EnvelopeCipher,
+    unique: str,
+) -> None:
+    # Registered before registration refused such URLs: the sender raised outside its
+    # handling, so no attempt was recorded and the activity was retried for days.
+    _, activities = notify_queue
+    store = WebhookStore(engine, cipher)
+    endpoint = store.add_endpoint(
+        client_id=other_app.client_id,
+        url="https://0177.0.0.1/hooks",
+        event_types=["payment.succeeded"],
+        created_by="test",
+        signing_secret=new_signing_secret(),
+    )
+    endpoints.append((endpoint.id, other_app.headers))
+    event = an_event(other_app.client_id, None, unique)
+    assert endpoint.id in await events.record(event)
+
+    with pytest.raises(ApplicationError) as failed:
+        await ActivityEnvironment().run(
+            activities.deliver_webhook, WebhookDelivery(event.id, endpoint.id)
+        )
+    assert (failed.value.type, failed.value.non_retryable) == ("WebhookFailed", True)
+    (attempt,) = store.list_attempts(event.id)
+    assert (attempt.attempt, attempt.status_code) == (1, None)
+    assert "cannot be parsed" in (attempt.error or "")
+
+
+@pytest.fixture
+async def production_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process as production configures webhooks: https, public addresses."""
+    production = settings.model_copy(
+        update={"webhooks_allow_http": False, "webhooks_allow_private_addresses": False}
+    )
+    app = create_app(production)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+@pytest.mark.parametrize("url", ["https://0177.0.0.1/hooks", "https://xn--/hooks"])
+async def test_a_url_the_sender_cannot_parse_is_refused_in_either_configuration(
+    api: httpx.AsyncClient,
+    production_api: httpx.AsyncClient,
+    app_headers: dict[str, str],
+    url: str,
+) -> None:
+    # In production configuration the address check raised on it (a 500); in the dev
+    # configuration it was registered, to fail every delivery.
+    for client in (production_api, api):
+        response = await client.post(
+            "/v1/webhook-endpoints",
+            json={"url": url, "event_types": ["payment.failed"]},
+            headers=app_headers,
+        )
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["code"] == "invalid_url"
+        assert [(e["field"], e["code"]) for e in problem["errors"]] == [("url", "invalid_url")]
 
 
 def a_dated_event(client_id: str, unique: str, n: int, event_type: str) -> PlatformEvent:

@@ -193,3 +193,51 @@ def test_the_notifier_gives_up_on_a_relay_that_never_greets_within_its_timeout()
                 to=["a@dev.bfc.test"], subject="s", body="b", message_id="m", timeout=0.5
             )
         assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("outcome", ["no_address", "already_sent"])
+def test_a_try_that_never_reaches_the_relay_does_not_open_the_gate(
+    relay: Relay, clock: Clock, outcome: str
+) -> None:
+    # A mail with no address, or one sent before, proves nothing about the relay: were the
+    # gate opened by it, every payment would wait on a relay still down.
+    marks = SentMarks()
+    unused: Any = None
+    activities = NotifyActivities(
+        marks,  # type: ignore[arg-type]
+        unused,
+        unused,
+        relay,  # type: ignore[arg-type]
+        MailAddresses(lambda customer: None if customer == "cus_none" else "a@dev.bfc.test"),
+        clock=clock,
+    )
+    inline = _paused_once_until_now(activities, clock)
+    untried = _event(2)
+    if outcome == "no_address":
+        untried = dataclasses.replace(untried, customer_id="cus_none")
+    else:
+        marks.sent.add(untried.id)
+    assert inline.run(activities.email_customer, untried).status == outcome
+
+    # Still one at a time: the next mail tries (it is not left paused for good either),
+    # and while it waits on the relay the others give up at once.
+    relay.hold = threading.Event()
+    relay.entered.clear()
+    failed: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            inline.run(activities.email_customer, _event(3))
+        except ConnectionRefusedError as exc:
+            failed.append(exc)
+
+    trying = threading.Thread(target=probe)
+    trying.start()
+    try:
+        assert relay.entered.wait(5)
+        _paused(inline, activities, 4)
+    finally:
+        relay.hold.set()
+        trying.join(5)
+    assert len(failed) == 1
+    assert relay.attempts == ["evt_1.customer", "evt_3.customer"]

@@ -12,10 +12,12 @@ import pytest
 
 from activities.notify import customer_message
 from api.routes.webhooks import url_problem
+from infra.webhook_destinations import url_host_problem
 from infra.webhooks import (
     DestinationRefused,
     EndpointGone,
     InvalidSignature,
+    UnusableURL,
     WebhookFailed,
     WebhookSender,
     event_body,
@@ -85,6 +87,27 @@ async def test_anything_but_2xx_raises_for_a_retry(status: int) -> None:
     assert len(str(failed.value)) < 300  # an excerpt of the answer, not the whole of it
 
 
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [
+        (b"gone\x00", "gone\ufffd"),
+        (b"bad \xff\xfe utf-8", "bad \ufffd\ufffd utf-8"),
+        ("x" * 199 + "é", "x" * 199 + "\ufffd"),  # the excerpt cuts a character in two
+    ],
+)
+async def test_an_error_excerpt_is_text_postgres_can_store(answer: bytes | str, shown: str) -> None:
+    # PostgreSQL text holds no NUL byte: one in the excerpt made the attempt's row fail to
+    # insert, so the attempt went unrecorded.
+    content = answer.encode() if isinstance(answer, str) else answer
+    receiver = sender(lambda _: httpx.Response(500, content=content))
+    with pytest.raises(WebhookFailed) as failed:
+        await receiver.send(url="https://a.example/", event_id="e", event_type="t", body=BODY)
+    message = str(failed.value)
+    assert message == f"the endpoint answered 500: {shown}"
+    assert "\x00" not in message
+    message.encode()  # valid UTF-8 throughout (no lone surrogates)
+
+
 async def test_410_gone_is_its_own_error() -> None:
     receiver = sender(lambda _: httpx.Response(410))
     with pytest.raises(EndpointGone):
@@ -116,6 +139,9 @@ async def test_no_answer_raises_for_a_retry() -> None:
         ("https://app.example/#frag", True, "fragment"),
         ("https://app.example:99999/", True, "cannot be parsed"),
         ("https://app.example/a b", True, "whitespace"),
+        ("https://0177.0.0.1/", True, "cannot be parsed"),  # not an IPv4 address httpx takes
+        ("https://xn--/", True, "cannot be parsed"),  # a malformed IDNA label
+        ("https://bücher.example/hook", True, None),
     ],
 )
 def test_endpoint_url_rules(url: str, allow_http: bool, problem: str | None) -> None:
@@ -152,6 +178,17 @@ def test_only_public_addresses_register_when_private_ones_are_not_allowed(
     assert url_problem(url, allow_http=False, allow_private=True) is None
 
 
+@pytest.mark.parametrize("url", ["https://0177.0.0.1/", "https://xn--/", "https://[::1]x/"])
+def test_a_url_the_sender_cannot_parse_is_refused_in_every_configuration(url: str) -> None:
+    # Registered, it would fail every delivery attempt (and, in production configuration,
+    # the address check raised out of the registration: a 500).
+    for allow_private in (False, True):
+        found = url_problem(url, allow_http=True, allow_private=allow_private)
+        assert found is not None and "cannot be parsed" in found
+    problem = url_host_problem(url)
+    assert problem is not None and "cannot be parsed" in problem
+
+
 def public_only(handler, addresses: dict[str, list[str]]) -> WebhookSender:
     async def resolver(host: str, port: int) -> list[str]:
         if host not in addresses:
@@ -182,6 +219,44 @@ async def test_a_public_only_sender_connects_to_the_address_it_checked() -> None
     assert request.headers["Host"] == "hooks.example:8443"
     assert request.extensions["sni_hostname"] == "hooks.example"
     verify(SECRET, request.headers["BFC-Signature"], request.content, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("url", "addresses", "connected", "host", "sni"),
+    [
+        # A non-ASCII name: resolved, named in Host and checked by TLS in its ASCII form.
+        ("https://bücher.example/hook", {"xn--bcher-kva.example": ["93.184.216.34"]},
+         "93.184.216.34", "xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("https://ß.example:8443/", {"xn--zca.example": ["93.184.216.34"]},
+         "93.184.216.34", "xn--zca.example:8443", "xn--zca.example"),
+        # An IPv6 literal keeps its brackets in Host, else its port reads as part of it.
+        ("https://[2606:4700:4700::1111]:8443/", {}, "2606:4700:4700::1111",
+         "[2606:4700:4700::1111]:8443", "2606:4700:4700::1111"),
+        ("https://[2606:4700:4700::1111]/", {}, "2606:4700:4700::1111",
+         "[2606:4700:4700::1111]", "2606:4700:4700::1111"),
+        # The scheme's default port is left out, as httpx itself writes Host.
+        ("https://hooks.example:443/", {"hooks.example": ["93.184.216.34"]},
+         "93.184.216.34", "hooks.example", "hooks.example"),
+        ("http://hooks.example:443/", {"hooks.example": ["93.184.216.34"]},
+         "93.184.216.34", "hooks.example:443", None),
+    ],
+)  # fmt: skip
+async def test_a_pinned_request_names_its_host_as_http_requires(
+    url: str, addresses: dict[str, list[str]], connected: str, host: str, sni: str | None
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    await public_only(receiver, addresses).send(url=url, event_id="e", event_type="t", body=BODY)
+    (request,) = seen
+    assert request.url.host == connected
+    assert request.headers["Host"] == host
+    assert request.extensions.get("sni_hostname") == sni
+    # Without pinning, httpx writes the same Host.
+    assert httpx.Request("POST", url).headers["Host"] == host
 
 
 async def test_a_public_only_sender_tries_the_next_address_it_cannot_connect_to() -> None:
@@ -261,6 +336,28 @@ async def test_the_real_resolver_refuses_localhost() -> None:
     sender_ = WebhookSender(client, SECRET, allow_private_addresses=False)
     with pytest.raises(DestinationRefused):
         await sender_.send(url="http://localhost:8200/", event_id="e", event_type="t", body=BODY)
+
+
+@pytest.mark.parametrize("allow_private", [True, False])
+@pytest.mark.parametrize("url", ["https://0177.0.0.1/", "https://xn--/"])
+async def test_a_stored_url_that_cannot_be_parsed_is_a_failed_attempt(
+    url: str, allow_private: bool
+) -> None:
+    # Registered before registration refused it: the attempt fails (and is recorded)
+    # instead of an exception escaping the sender.
+    seen: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    sender_ = (
+        sender(receiver) if allow_private else public_only(receiver, {"xn--": ["93.184.216.34"]})
+    )
+    with pytest.raises(UnusableURL, match="cannot be parsed") as failed:
+        await sender_.send(url=url, event_id="e", event_type="t", body=BODY)
+    assert failed.value.status_code is None
+    assert seen == []
 
 
 def test_event_ids_are_deterministic_per_business_fact() -> None:
