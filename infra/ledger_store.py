@@ -393,3 +393,17 @@ class LedgerStore:
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def release_expired_holds(self, limit: int = 500) -> int:
+        """Void up to ``limit`` holds that expired unresolved, each as ``<hold id>:expired``
+        through ``ledger_submit``; returns how many this call released (none twice)."""
+
+        async def sweep() -> int:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute("SELECT ledger_release_expired_holds(%s)", (limit,))
+                row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        # A deadlock with a payment resolving a hold on the same wallet rolls the whole
+        # batch back; the retry finds what is still unresolved.
+        return await with_retries(sweep)

@@ -43,12 +43,22 @@ class PlatformCheckResult:
 LEDGER_ROLL_UP_WORKFLOW = "LedgerRollUpWorkflow"
 LEDGER_ROLL_UP_SCHEDULE = "ledger-roll-up"
 ROLL_UP_BALANCES = "roll_up_balances"
+RELEASE_EXPIRED_HOLDS = "release_expired_holds"
 
 
 @dataclass(frozen=True)
 class RollUpResult:
     # How many deferred balance movements were folded into their accounts.
     movements: int
+    # How many expired holds were voided (``<hold id>:expired``); 0 in runs from before
+    # the roll-up released them.
+    released_holds: int = 0
+
+
+@dataclass(frozen=True)
+class ReleasedHolds:
+    # How many expired holds this run voided.
+    holds: int
 
 
 # -- identity (Keycloak users of the platform) -------------------------------------------

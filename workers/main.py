@@ -171,6 +171,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     checks.check_database,
                     checks.check_secrets,
                     maintenance.roll_up_balances,
+                    maintenance.release_expired_holds,
                     identity.create_user,
                     identity.enable_user,
                     identity.disable_user,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, text
 
 from infra.ledger_store import LedgerStore
 from models.ledger import Account, AccountKind, NewAccount, TransferKind, TransferRequest
@@ -78,3 +82,15 @@ class AccountFactory:
         current = await self.ledger.get_account(account.id)
         assert current is not None
         return current.balance.available
+
+
+@contextmanager
+def expired_holds_kept(engine: Engine) -> Iterator[None]:
+    """No expired hold is released while inside: the release (run every minute by the
+    ``ledger-roll-up`` schedule) waits. For tests that resolve their expired holds
+    themselves and would otherwise race it."""
+    with engine.connect() as conn, conn.begin():
+        # Each release takes this row FOR UPDATE first; a share lock holds it off, and
+        # tests holding it at the same time do not wait for each other.
+        conn.execute(text("SELECT 1 FROM ledger_hold_expiry_sweep FOR SHARE"))
+        yield

@@ -15,6 +15,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from infra.temporal import platform_data_converter
+from workflows.ledger_maintenance import LedgerRollUpWorkflow
 from workflows.notification import EventDeliveryWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.payment import PaymentWorkflow
@@ -28,6 +29,7 @@ WORKFLOWS = [
     RefundWorkflow,
     OnboardingWorkflow,
     EventDeliveryWorkflow,
+    LedgerRollUpWorkflow,
 ]
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))

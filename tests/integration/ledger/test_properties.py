@@ -55,6 +55,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from sqlalchemy import Engine
 
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings
@@ -68,7 +69,7 @@ from models.ledger import (
     TransferRequest,
     TrialBalanceLine,
 )
-from tests.helpers.ledger import AccountFactory
+from tests.helpers.ledger import AccountFactory, expired_holds_kept
 
 PROFILE = hypothesis_settings(
     max_examples=100,
@@ -654,7 +655,7 @@ def books_balance(loop: asyncio.AbstractEventLoop, store: LedgerStore) -> None:
     assert all(line.balanced for line in lines), lines
 
 
-def test_the_ledger_behaves_like_its_model(settings: Settings) -> None:
+def test_the_ledger_behaves_like_its_model(settings: Settings, engine: Engine) -> None:
     # Its own event loop and pool: Hypothesis calls the rules synchronously.
     event_loop = asyncio.new_event_loop()
     pool = create_ledger_pool(settings, min_size=1, max_size=10)
@@ -667,7 +668,10 @@ def test_the_ledger_behaves_like_its_model(settings: Settings) -> None:
     try:
         event_loop.run_until_complete(pool.open(wait=True))
         books_balance(event_loop, store)
-        run_state_machine_as_test(Machine, settings=PROFILE)
+        # The model keeps an expired hold pending until a step resolves it; the ledger's own
+        # release of expired holds is covered in test_worked_examples.py.
+        with expired_holds_kept(engine):
+            run_state_machine_as_test(Machine, settings=PROFILE)
         books_balance(event_loop, store)
     finally:
         event_loop.run_until_complete(store.close())

@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import Engine, text
 
 from infra.ledger_store import LedgerStore
 from models.errors import (
@@ -20,7 +21,7 @@ from models.errors import (
     PendingTransferExpired,
 )
 from models.ledger import AccountKind, TransferKind, TransferRequest
-from tests.helpers.ledger import AccountFactory
+from tests.helpers.ledger import AccountFactory, expired_holds_kept
 
 
 async def books_balance(ledger: LedgerStore) -> None:
@@ -124,28 +125,152 @@ async def test_a_voided_hold_gives_everything_back(
 
 
 async def test_an_expired_hold_can_be_voided_but_not_captured(
-    ledger: LedgerStore, accounts: AccountFactory
+    ledger: LedgerStore, accounts: AccountFactory, engine: Engine
 ) -> None:
     alice = await accounts.wallet("alice")
     shop = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
     await accounts.fund(alice, 1_000)
+    with expired_holds_kept(engine):  # or the ledger's own release might void it first
+        hold = await ledger.create_transfer(
+            accounts.move(
+                alice, shop, 700, name="hold", kind=TransferKind.PENDING, timeout_seconds=1
+            )
+        )
+        assert hold.expires_at is not None
+        await asyncio.sleep(1.2)
+        with pytest.raises(PendingTransferExpired):
+            await ledger.create_transfer(
+                TransferRequest(
+                    id=accounts.transfer_id("late"),
+                    kind=TransferKind.POST_PENDING,
+                    pending_id=hold.id,
+                )
+            )
+        await ledger.create_transfer(
+            TransferRequest(
+                id=accounts.transfer_id("release"),
+                kind=TransferKind.VOID_PENDING,
+                pending_id=hold.id,
+            )
+        )
+    assert await accounts.available(alice) == 1_000
+    await books_balance(ledger)
+
+
+def resolutions(engine: Engine, hold_id: str) -> list[str]:
+    """Ids of the transfers that posted or voided the hold."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id FROM ledger_transfers WHERE pending_id = :id"), {"id": hold_id}
+        )
+        return [row[0] for row in rows]
+
+
+async def test_an_expired_hold_gives_the_money_back_by_itself(
+    ledger: LedgerStore, accounts: AccountFactory, engine: Engine
+) -> None:
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    shop = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
+    await accounts.fund(alice, 1_000)
+    await accounts.fund(bob, 1_000)
     hold = await ledger.create_transfer(
         accounts.move(alice, shop, 700, name="hold", kind=TransferKind.PENDING, timeout_seconds=1)
     )
-    assert hold.expires_at is not None
+    # Bob's holds are settled before they expire, or expire later, or never.
+    captured, voided, later, forever = [
+        await ledger.create_transfer(
+            accounts.move(bob, shop, 100, name=name, kind=TransferKind.PENDING, timeout_seconds=t)
+        )
+        for name, t in (("captured", 1), ("voided", 1), ("later", 3600), ("forever", None))
+    ]
+    settled = {
+        "capture": (TransferKind.POST_PENDING, captured),
+        "void": (TransferKind.VOID_PENDING, voided),
+    }
+    for name, (kind, held) in settled.items():
+        await ledger.create_transfer(
+            TransferRequest(id=accounts.transfer_id(name), kind=kind, pending_id=held.id)
+        )
+    assert await accounts.available(alice) == 300
     await asyncio.sleep(1.2)
-    with pytest.raises(PendingTransferExpired):
+
+    started = datetime.now(UTC)
+    released = await ledger.release_expired_holds()
+    account = await ledger.get_account(alice.id)
+    assert account is not None
+    assert (account.balance.available, account.debits_pending) == (1_000, 0)
+    assert resolutions(engine, hold.id) == [f"{hold.id}:expired"]
+    release = await ledger.find_transfer(f"{hold.id}:expired")
+    assert release is not None
+    # Counted by this call, unless the schedule's own run came first.
+    assert released >= 1 or release.created_at < started
+    assert (release.kind, release.amount) == (TransferKind.VOID_PENDING, 700)
+    assert release.metadata == {"reason": "released on expiry"}
+
+    # Once is all: a second run finds nothing of Alice's, and her own late void is told so
+    # (the payment saga takes that as nothing left to void).
+    await ledger.release_expired_holds()
+    assert resolutions(engine, hold.id) == [f"{hold.id}:expired"]
+    with pytest.raises(PendingTransferAlreadyResolved):
         await ledger.create_transfer(
             TransferRequest(
-                id=accounts.transfer_id("late"), kind=TransferKind.POST_PENDING, pending_id=hold.id
+                id=accounts.transfer_id("saga_void"),
+                kind=TransferKind.VOID_PENDING,
+                pending_id=hold.id,
             )
         )
-    await ledger.create_transfer(
-        TransferRequest(
-            id=accounts.transfer_id("release"), kind=TransferKind.VOID_PENDING, pending_id=hold.id
-        )
-    )
     assert await accounts.available(alice) == 1_000
+
+    for name, (_, held) in settled.items():
+        assert resolutions(engine, held.id) == [accounts.transfer_id(name)]
+    for held in (later, forever):
+        assert resolutions(engine, held.id) == []
+    account = await ledger.get_account(bob.id)
+    assert account is not None
+    assert (account.balance.available, account.debits_pending) == (700, 200)
+    await books_balance(ledger)
+
+
+async def test_expired_holds_are_released_in_bounded_batches(
+    ledger: LedgerStore, accounts: AccountFactory, engine: Engine
+) -> None:
+    alice = await accounts.wallet("alice")
+    shop = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
+    await accounts.fund(alice, 900)
+    holds = [
+        await ledger.create_transfer(
+            accounts.move(
+                alice, shop, 300, name=f"h{i}", kind=TransferKind.PENDING, timeout_seconds=1
+            )
+        )
+        for i in range(3)
+    ]
+    await asyncio.sleep(1.2)
+    for _ in range(10):
+        assert await ledger.release_expired_holds(limit=1) <= 1
+        if all(resolutions(engine, h.id) for h in holds):
+            break
+    assert [resolutions(engine, h.id) for h in holds] == [[f"{h.id}:expired"] for h in holds]
+    assert await accounts.available(alice) == 900
+    await books_balance(ledger)
+
+
+async def test_a_hold_that_lands_after_its_expiry_was_swept_past_is_still_released(
+    ledger: LedgerStore, accounts: AccountFactory, engine: Engine
+) -> None:
+    # A hold's expiry is counted from its transaction's start: one that commits late may
+    # appear with an expiry the last sweep already passed. A negative timeout stands in.
+    alice = await accounts.wallet("alice")
+    shop = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
+    await accounts.fund(alice, 500)
+    await ledger.release_expired_holds()
+    hold = await ledger.create_transfer(
+        accounts.move(alice, shop, 500, name="late", kind=TransferKind.PENDING, timeout_seconds=-60)
+    )
+    await ledger.release_expired_holds()
+    assert resolutions(engine, hold.id) == [f"{hold.id}:expired"]
+    assert await accounts.available(alice) == 500
     await books_balance(ledger)
 
 
