@@ -29,7 +29,12 @@ from infra.gateway import (
 )
 from infra.ledger_store import LedgerStore
 from infra.payment_store import PaymentStore
-from models.errors import LedgerError, PendingTransferAlreadyResolved, PendingTransferExpired
+from models.errors import (
+    LedgerError,
+    PendingTransferAlreadyResolved,
+    PendingTransferExpired,
+    PendingTransferNotFound,
+)
 from models.gateway import GatewayCharge, GatewayPayout
 from models.ledger import AccountKind, NewAccount, TransferKind, TransferRequest
 from models.notifications import RecordedEvent
@@ -45,6 +50,7 @@ from models.payment import (
     POSTED,
     RECORD_PAYMENT,
     RECORD_REFUND,
+    RECORD_REFUND_OUTCOME,
     REFUND_CHARGE,
     SCORE_PAYMENT,
     SEND_PAYOUT,
@@ -55,6 +61,7 @@ from models.payment import (
     PaymentRecord,
     PayoutInput,
     RefundChargeInput,
+    RefundOutcome,
     RefundRecord,
     ResolveHoldInput,
     RiskSummary,
@@ -178,7 +185,8 @@ class PaymentActivities:
 
     @activity.defn(name=VOID_HOLD)
     async def void_hold(self, request: ResolveHoldInput) -> str | None:
-        """Release a hold. One that expired or was already resolved needs no release."""
+        """Release a hold. One that expired, was already resolved, or never landed (the
+        saga voids a hold whose every answer was lost) needs no release."""
         try:
             transfer_id = await self._ledger.record_transfer(
                 TransferRequest(
@@ -188,7 +196,7 @@ class PaymentActivities:
                     metadata={"payment_id": request.payment_id},
                 )
             )
-        except PendingTransferExpired:
+        except (PendingTransferExpired, PendingTransferNotFound):
             return None
         except PendingTransferAlreadyResolved:
             # Voided before (a retry), or posted: a post whose answer was lost must not be
@@ -264,6 +272,11 @@ class PaymentActivities:
 
     @activity.defn(name=RECORD_REFUND)
     async def record_refund(self, record: RefundRecord) -> str:
+        """For refunds started before ``record_refund_outcome``: the payment's status."""
+        return (await self._payments.record_refund(record)).payment_status
+
+    @activity.defn(name=RECORD_REFUND_OUTCOME)
+    async def record_refund_outcome(self, record: RefundRecord) -> RefundOutcome:
         return await self._payments.record_refund(record)
 
 

@@ -79,10 +79,11 @@ TemporalClientDep = Annotated[Client | None, Depends(get_temporal)]
 
 
 # Requests that move money or create something take a client-chosen key; a retry with the
-# same key is the same request. Missing -> 400 (not 422): it is a protocol requirement.
+# same key is the same request. Missing -> 400 (not 422): it is a protocol requirement. An
+# empty value is a missing key, so the pattern lets it through to require_idempotency_key.
 IdempotencyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]+$"),
+    Header(alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]*$"),
 ]
 
 

@@ -89,6 +89,11 @@ class GroupCommitter:
         kept: deque[_Pending] = deque()
         while self._queue and len(group) < self._max_group:
             item = self._queue.popleft()
+            if item[2].done():
+                # Its caller gave up waiting (an activity's timeout): sent later, the
+                # request could land after the caller's retries ran out and the saga
+                # compensated, a hold nobody voids.
+                continue
             # The same id twice in one group would get one answer; the second waits a turn.
             (kept if item[0] in seen else group).append(item)
             seen.add(item[0])

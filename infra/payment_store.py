@@ -6,7 +6,10 @@ duplicate waits on the key's primary key and then finds the first request's paym
 identical POSTs make one payment. The same key with another body is refused.
 
 Refunds are reserved under a row lock on the payment: the sum of refunds that have not
-failed never exceeds the captured amount, however many arrive at once.
+failed never exceeds the captured amount, however many arrive at once. A refund's key is
+the caller's across payments, so that lock does not cover it: two refunds under one key on
+two payments both find it free, and the later INSERT meets the key's unique constraint. That
+one looks the key up again once the winner has committed (``reserve_refund``).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.errors import UniqueViolation
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from infra.event_log import record_event
 from models.errors import BusinessRuleError
-from models.payment import PaymentRecord, RefundRecord
+from models.payment import PaymentRecord, RefundOutcome, RefundRecord
 
 
 class IdempotencyKeyReused(BusinessRuleError):
@@ -116,6 +120,8 @@ _REFUND_COLUMNS = (
     "id, payment_id, amount, status, failure_code, gateway_reference, created_by, "
     "created_at, completed_at, saga_started_at"
 )
+# UNIQUE (scope, idempotency_key) of payment_refunds (migration 0004).
+_REFUND_KEY_CONSTRAINT = "payment_refunds_scope_idempotency_key_key"
 # Attempts that moved no money do not count toward limits and velocity.
 _COUNTED = "status NOT IN ('declined', 'failed', 'canceled')"
 
@@ -352,6 +358,53 @@ class PaymentStore:
         """Reserve ``amount`` (None: all that is left) of the captured money for a refund,
         or find the refund a retry of the same request made. Raises when the payment cannot
         give that much back."""
+        try:
+            return await self._reserve_refund(
+                refund_id=refund_id, payment_id=payment_id, amount=amount, scope=scope,
+                key=key, request_hash=request_hash, created_by=created_by,
+            )  # fmt: skip
+        except UniqueViolation as exc:
+            if exc.diag.constraint_name != _REFUND_KEY_CONSTRAINT:
+                raise
+        # Lost the race for the key to a refund of another payment (its row lock is not
+        # ours). The INSERT waited for that transaction and failed only once it committed,
+        # so a fresh look finds its row. Catching the violation, rather than serialising on
+        # the key with an advisory lock, costs the common path nothing and holds whoever
+        # else writes the table.
+        async with self._pool.connection() as conn:
+            existing = await self._refund_by_key(conn, scope, key, request_hash)
+        if existing is None:  # keys are never deleted; the conflicting row must be there
+            raise RuntimeError(f"refund idempotency key of {scope} vanished")
+        return existing, False
+
+    async def _refund_by_key(
+        self, conn: AsyncConnection[Any], scope: str, key: str, request_hash: str
+    ) -> StoredRefund | None:
+        """The refund made under this key, if any; the key used for another request raises."""
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            f"SELECT request_hash, {_REFUND_COLUMNS} FROM payment_refunds "  # noqa: S608 - constant column lists
+            "WHERE scope = %s AND idempotency_key = %s",
+            (scope, key),
+        )
+        existing = await cur.fetchone()
+        if existing is None:
+            return None
+        if existing.pop("request_hash") != request_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was used for another refund")
+        return StoredRefund(**existing)
+
+    async def _reserve_refund(
+        self,
+        *,
+        refund_id: str,
+        payment_id: str,
+        amount: int | None,
+        scope: str,
+        key: str,
+        request_hash: str,
+        created_by: str,
+    ) -> tuple[StoredRefund, bool]:
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -361,16 +414,9 @@ class PaymentStore:
             payment = await cur.fetchone()
             if payment is None:
                 raise LookupError(payment_id)
-            await cur.execute(
-                f"SELECT request_hash, {_REFUND_COLUMNS} FROM payment_refunds "  # noqa: S608 - constant column lists
-                "WHERE scope = %s AND idempotency_key = %s",
-                (scope, key),
-            )
-            existing = await cur.fetchone()
+            existing = await self._refund_by_key(conn, scope, key, request_hash)
             if existing is not None:
-                if existing.pop("request_hash") != request_hash:
-                    raise IdempotencyKeyReused("this Idempotency-Key was used for another refund")
-                return StoredRefund(**existing), False
+                return existing, False
             if payment["status"] not in {"succeeded", "partially_refunded"}:
                 raise PaymentNotRefundable(f"a {payment['status']} payment cannot be refunded")
             await cur.execute(
@@ -389,6 +435,8 @@ class PaymentStore:
                     f"{amount} exceeds what is left to refund ({left} of "
                     f"{payment['captured_amount']} captured)"
                 )
+            # A concurrent refund under this key on another payment makes this wait for its
+            # transaction and, once that commits, fail on the key (caught by reserve_refund).
             await cur.execute(
                 "INSERT INTO payment_refunds (id, payment_id, amount, status, scope, "  # noqa: S608 - constant column lists
                 "idempotency_key, request_hash, created_by) "
@@ -397,8 +445,8 @@ class PaymentStore:
             )
             return StoredRefund(**_row(await cur.fetchone())), True
 
-    async def record_refund(self, record: RefundRecord) -> str:
-        """Finish a refund once; returns the payment's status after it."""
+    async def record_refund(self, record: RefundRecord) -> RefundOutcome:
+        """Finish a refund once; the payment as it stands after it."""
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -418,14 +466,29 @@ class PaymentStore:
                 "              ELSE 'partially_refunded' END "
                 "FROM (SELECT coalesce(sum(amount), 0) AS done FROM payment_refunds "
                 "      WHERE payment_id = %s AND status = 'succeeded') r "
-                "WHERE p.id = %s RETURNING p.status",
+                "WHERE p.id = %s RETURNING p.status, p.amount, p.refunded_amount",
                 (record.payment_id, record.payment_id),
             )
             row = await cur.fetchone()
         if row is None:
             raise LookupError(record.payment_id)
-        status: str = row["status"]
-        return status
+        return RefundOutcome(
+            payment_status=row["status"],
+            payment_amount=row["amount"],
+            refunded_amount=row["refunded_amount"],
+        )
+
+    async def refund(self, payment_id: str, refund_id: str) -> StoredRefund | None:
+        """One refund of the payment; None for an unknown one or one of another payment."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_REFUND_COLUMNS} FROM payment_refunds "  # noqa: S608 - constant column lists
+                "WHERE id = %s AND payment_id = %s",
+                (refund_id, payment_id),
+            )
+            row = await cur.fetchone()
+        return StoredRefund(**row) if row else None
 
     async def refunds_of(self, payment_id: str) -> list[StoredRefund]:
         async with self._pool.connection() as conn:

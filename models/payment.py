@@ -30,6 +30,7 @@ FIND_PAYOUT = "find_payout"
 REFUND_CHARGE = "refund_charge"
 RECORD_PAYMENT = "record_payment"
 RECORD_REFUND = "record_refund"
+RECORD_REFUND_OUTCOME = "record_refund_outcome"
 
 PaymentKind = Literal["topup", "transfer", "payout"]
 PaymentStatus = Literal[
@@ -148,7 +149,7 @@ class HoldInput:
     credit_account_id: str
     amount: int
     currency: str
-    timeout_seconds: int
+    timeout_seconds: int | None  # None: held until the saga posts or voids it
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,15 @@ class RefundRecord:
     status: Literal["succeeded", "failed"]
     failure_code: str | None
     gateway_reference: str | None
+
+
+@dataclass(frozen=True)
+class RefundOutcome:
+    """The payment after a refund was recorded: what its ``payment.*`` event reports."""
+
+    payment_status: str
+    payment_amount: int
+    refunded_amount: int  # all of the payment's succeeded refunds, this one included
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                     payments.refund_charge,
                     payments.record_payment,
                     payments.record_refund,
+                    payments.record_refund_outcome,
                     notify.record_event,
                     notify.deliver_webhook,
                     notify.email_customer,

@@ -6,6 +6,8 @@ as far as the saga got):
     1. score risk             (local)  nothing to undo. Band ``decline`` -> declined.
     2. hold funds             (local)  a pending ledger transfer; undone by VOID. A ledger
                                        refusal (insufficient_funds, …) -> declined, nothing held.
+                                       Retries exhausted: the hold may have landed with only
+                                       its answer lost, so compensation voids its fixed id.
     3. review (review band)   (child)  a ComplianceReviewWorkflow case while the funds stay held;
                                        rejected -> void, declined ``review_rejected``; SLA
                                        expiry -> void, declined ``review_expired``.
@@ -14,11 +16,14 @@ as far as the saga got):
                                        a timeout is an UNKNOWN outcome, not a failure: the saga
                                        asks the gateway what happened (durable timers, backoff)
                                        and replays the same Idempotency-Key, never a new one.
+                                       A payout still in transit (``pending``) is looked up
+                                       the same way until it is paid or fails.
     5. post the hold          (local)  refused after a charge -> refund at the gateway, then
                                        void, failed. Retries exhausted instead: void first,
                                        as a post whose answer was lost shows up as posted
                                        (then the payment succeeded). A payout cannot be
-                                       recalled: a refused post after one ends ``failed``,
+                                       recalled: its post is retried until the ledger
+                                       answers, and a refusal ends ``failed``,
                                        ``post_failed_after_payout``, for reconciliation.
     6. notify                 ``announce``: record the event, mail the customer (local);
                                        webhooks in an abandoned EventDeliveryWorkflow.
@@ -107,8 +112,13 @@ STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
 RISK_SCORE = SearchAttributeKey.for_float("RiskScore")
 
 # Holds outlive the longest review (three SLA days) with room to spare; a saga that is
-# somehow abandoned still gives the money back when its hold expires.
+# somehow abandoned still gives the money back when its hold expires (the ledger's
+# roll-up schedule releases expired holds).
 HOLD_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+# Patches (workflow.patched): histories recorded before a change replay on the old path.
+VOID_UNANSWERED_HOLD = "void-unanswered-hold"
+PAYOUT_POST_UNTIL_ANSWERED = "payout-post-until-answered"
 
 _QUICK = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
@@ -119,6 +129,10 @@ _QUICK = RetryPolicy(
 )
 # Backoffs longer than this wait on durable timers instead of holding the workflow task.
 _QUICK_LOCAL_RETRY = timedelta(seconds=1)
+# For a step that must land because nothing can walk it back (the post after a payout).
+_UNTIL_ANSWERED = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
+)
 _GATEWAY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
@@ -291,11 +305,12 @@ class PaymentWorkflow:
         p = self._payment
         debit, credit = self._legs()
         self._waiting_for("the funds hold")
+        hold_id = f"{p.payment_id}:hold"
         try:
             self._hold_id = await self._quick(
                 HOLD_FUNDS,
                 HoldInput(
-                    transfer_id=f"{p.payment_id}:hold",
+                    transfer_id=hold_id,
                     payment_id=p.payment_id,
                     debit_account_id=debit,
                     credit_account_id=credit,
@@ -308,6 +323,11 @@ class PaymentWorkflow:
         except (ActivityError, ApplicationError) as exc:
             code = _business_code(exc)
             if code is None:
+                if workflow.patched(VOID_UNANSWERED_HOLD):
+                    # Retries ran out, but an attempt may have landed with only its answer
+                    # lost: compensation voids the hold's fixed id (no such hold: nothing
+                    # to void), or the wallet's money would stay reserved.
+                    self._hold_id = hold_id
                 raise
             return code
         self._note("funds_held", self._hold_id)
@@ -316,12 +336,25 @@ class PaymentWorkflow:
     async def _post(self) -> None:
         p = self._payment
         self._waiting_for("the ledger post")
+        request = ResolveHoldInput(f"{p.payment_id}:post", p.payment_id, self._held())
         try:
-            post_id = await self._quick(
-                POST_HOLD,
-                ResolveHoldInput(f"{p.payment_id}:post", p.payment_id, self._held()),
-                str,
-            )
+            try:
+                post_id = await self._quick(POST_HOLD, request, str)
+            except (ActivityError, ApplicationError) as exc:
+                if _business_code(exc) is not None or not self._payout_left():
+                    raise
+                # The money is at the bank and cannot be called back, so walking back is
+                # no option: the ledger must record it. Until it answers, the payment is
+                # still processing.
+                self._note("post_retried", "the payout left; its post must land")
+                post_id = await workflow.execute_local_activity(
+                    POST_HOLD,
+                    request,
+                    result_type=str,
+                    start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=_UNTIL_ANSWERED,
+                    local_retry_threshold=_QUICK_LOCAL_RETRY,
+                )
         except (ActivityError, ApplicationError) as exc:
             code = _business_code(exc)
             if code is None:
@@ -330,6 +363,13 @@ class PaymentWorkflow:
         self._state.captured_amount = p.amount
         self._note("posted", post_id)
         await self._finish("succeeded")
+
+    def _payout_left(self) -> bool:
+        return (
+            self._payment.kind == "payout"
+            and self._charged is not None
+            and workflow.patched(PAYOUT_POST_UNTIL_ANSWERED)
+        )
 
     def _held(self) -> str:
         if self._hold_id is None:
@@ -399,12 +439,17 @@ class PaymentWorkflow:
         key = f"{p.payment_id}:{p.kind}"
         self._waiting_for("the card gateway" if p.kind == "topup" else "the payout at the gateway")
         try:
-            return await self._gateway_call(key)
+            result = await self._gateway_call(key)
+            if result.outcome != "pending":
+                return result
+            # A provider answers a payout in transit as pending: not a decline, not yet
+            # a success. Its end is looked up as an unknown outcome's is.
+            self._note("gateway_pending", result.reference or "")
         except ActivityError as exc:
             if _error_type(exc) != GATEWAY_UNKNOWN_OUTCOME:
                 raise
-        # UNKNOWN: the request may have been applied. Ask, with backoff on durable timers.
-        self._note("gateway_outcome_unknown")
+            # UNKNOWN: the request may have been applied. Ask, with backoff on durable timers.
+            self._note("gateway_outcome_unknown")
         wait = _UNKNOWN_FIRST_WAIT
         lookups = 0
         while True:
@@ -430,6 +475,8 @@ class PaymentWorkflow:
                 except ActivityError as exc:
                     if _error_type(exc) != GATEWAY_UNKNOWN_OUTCOME:
                         raise
+                    continue
+                if replayed.outcome == "pending":
                     continue
                 self._note("gateway_outcome_resolved", f"replayed: {replayed.outcome}")
                 return replayed

@@ -4,12 +4,22 @@ The API reserves the amount first (``payment_refunds``, under a lock on the paym
 the refunds of a payment never add up to more than was captured. Then:
 
     1. hold the money in the wallet that received it    (local) undone by VOID; a refusal
-                                                        (the customer spent it) -> failed
+                                                        (the customer spent it) -> failed.
+                                                        Retries exhausted: void the hold's
+                                                        fixed id (its answer may be what was
+                                                        lost), failed ``processing_error``
     2. top-ups: refund the card at the gateway          a decline -> void, failed; retried
                                                         with the refund's own key, so the
                                                         gateway refunds once
-    3. post the hold                                    (local)
-    4. record it: the payment becomes ``partially_refunded`` or ``refunded``; notify.
+    3. post the hold                                    (local) retried until the ledger
+                                                        answers: after a card refund there is
+                                                        nothing to walk back
+    4. record it: the payment becomes ``partially_refunded`` or ``refunded``; notify, with
+       the payment's amount and all that is refunded of it so far.
+
+A refund's hold does not expire: only this saga resolves it, by a post or a void that each
+retry until the ledger answers. An expiry could release money the card already got back.
+Every failure records the refund ``failed``, which gives its reservation back.
 
 Search attributes: PaymentKind ``refund`` with the payment's CustomerId, AmountMinor and
 Currency (set at start); PaymentStatus becomes the payment's status after the refund.
@@ -36,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         HOLD_FUNDS,
         POST_HOLD,
         RECORD_REFUND,
+        RECORD_REFUND_OUTCOME,
         REFUND_CHARGE,
         REFUND_WORKFLOW,
         VOID_HOLD,
@@ -43,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         HoldInput,
         RefundChargeInput,
         RefundInput,
+        RefundOutcome,
         RefundRecord,
         RefundResult,
         ResolveHoldInput,
@@ -60,7 +72,16 @@ _QUICK = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=20,  # then the refund fails and its reservation is released
 )
+# For the steps nothing can walk back: the void that gives the money back, the post after
+# the card got its refund.
+_UNTIL_ANSWERED = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
+)
+# Backoffs longer than this wait on durable timers instead of holding the workflow task.
+_LOCAL_RETRY = timedelta(seconds=1)
+# Refunds started before this saga resolved every hold itself kept the old bounded hold.
 HOLD_TIMEOUT_SECONDS = 24 * 3600
+RESOLVES_ITS_HOLD = "refund-resolves-its-hold"
 
 
 @workflow.defn(name=REFUND_WORKFLOW)
@@ -68,29 +89,37 @@ class RefundWorkflow:
     @workflow.run
     async def run(self, refund: RefundInput) -> RefundResult:
         self._refund = refund
+        # Recorded by refunds that started with this code; older histories replay as before.
+        self._resolves_hold = workflow.patched(RESOLVES_ITS_HOLD)
         workflow.set_current_details("Waiting for the funds hold.")
+        hold_id = f"{refund.refund_id}:hold"
         try:
-            hold_id: str = await workflow.execute_local_activity(
+            hold_id = await workflow.execute_local_activity(
                 HOLD_FUNDS,
                 HoldInput(
-                    transfer_id=f"{refund.refund_id}:hold",
+                    transfer_id=hold_id,
                     payment_id=refund.payment_id,
                     debit_account_id=refund.debit_account_id,
                     credit_account_id=refund.credit_account_id,
                     amount=refund.amount,
                     currency=refund.currency,
-                    timeout_seconds=HOLD_TIMEOUT_SECONDS,
+                    timeout_seconds=None if self._resolves_hold else HOLD_TIMEOUT_SECONDS,
                 ),
                 result_type=str,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=_QUICK,
+                local_retry_threshold=_LOCAL_RETRY if self._resolves_hold else None,
             )
         except (ActivityError, ApplicationError) as exc:
             # A local activity's failure arrives as the ApplicationError itself.
             cause = exc.cause if isinstance(exc, ActivityError) else exc
-            if not (isinstance(cause, ApplicationError) and cause.type in LEDGER_CODES):
+            if isinstance(cause, ApplicationError) and cause.type in LEDGER_CODES:
+                return await self._finish("failed", LEDGER_CODES[cause.type], None)
+            if not self._resolves_hold:
                 raise
-            return await self._finish("failed", LEDGER_CODES[cause.type], None)
+            # Retries ran out; an attempt may have landed with only its answer lost.
+            await self._void(hold_id)
+            return await self._finish("failed", "processing_error", None)
         hold = ResolveHoldInput(f"{refund.refund_id}:post", refund.payment_id, hold_id)
 
         reference = None
@@ -121,33 +150,51 @@ class RefundWorkflow:
                     raise
                 result = GatewayResult("declined", decline_code="gateway_rejected")
             if result.outcome != "succeeded":
-                void = ResolveHoldInput(f"{refund.refund_id}:void", refund.payment_id, hold_id)
-                await self._quick(VOID_HOLD, void)
+                await self._void(hold_id)
                 return await self._finish("failed", result.decline_code or "declined", None)
             reference = result.reference
 
-        await self._quick(POST_HOLD, hold)
+        await self._resolve(POST_HOLD, hold)
         return await self._finish("succeeded", None, reference)
 
-    async def _quick(self, activity: str, arg: object) -> None:
+    async def _void(self, hold_id: str) -> None:
+        r = self._refund
+        void = ResolveHoldInput(f"{r.refund_id}:void", r.payment_id, hold_id)
+        await self._resolve(VOID_HOLD, void)
+
+    async def _resolve(self, activity: str, arg: ResolveHoldInput) -> None:
         await workflow.execute_local_activity(
             activity,
             arg,
             start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=_QUICK,
+            retry_policy=_UNTIL_ANSWERED if self._resolves_hold else _QUICK,
+            local_retry_threshold=_LOCAL_RETRY if self._resolves_hold else None,
         )
 
     async def _finish(
         self, status: str, failure_code: str | None, reference: str | None
     ) -> RefundResult:
         r = self._refund
-        payment_status: str = await workflow.execute_local_activity(
-            RECORD_REFUND,
-            RefundRecord(r.refund_id, r.payment_id, status, failure_code, reference),  # type: ignore[arg-type]
-            result_type=str,
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
-        )
+        record = RefundRecord(r.refund_id, r.payment_id, status, failure_code, reference)  # type: ignore[arg-type]
+        if self._resolves_hold:
+            outcome: RefundOutcome = await workflow.execute_local_activity(
+                RECORD_REFUND_OUTCOME,
+                record,
+                result_type=RefundOutcome,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+            )
+        else:
+            status_after: str = await workflow.execute_local_activity(
+                RECORD_REFUND,
+                record,
+                result_type=str,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+            )
+            # What these refunds' events always said: the refund's own amount for both.
+            outcome = RefundOutcome(status_after, r.amount, r.amount)
+        payment_status = outcome.payment_status
         workflow.upsert_search_attributes([STATUS.value_set(payment_status)])
         workflow.set_current_details("")
         if status == "succeeded":
@@ -160,10 +207,10 @@ class RefundWorkflow:
                 data=payment_data(
                     payment_id=r.payment_id,
                     kind=r.kind,
-                    amount=r.amount,
+                    amount=outcome.payment_amount,
                     currency=r.currency,
                     status=payment_status,
-                    amount_refunded=r.amount,
+                    amount_refunded=outcome.refunded_amount,
                 ),
             )
             await announce(event)

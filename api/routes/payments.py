@@ -327,15 +327,18 @@ def _refund_public(refund: StoredRefund) -> RefundPublic:
 )
 async def refund_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     payment_id: str,
-    body: RefundCreate,
     request: Request,
     response: Response,
     principal: Actor,
     key: IdempotencyHeader = None,
+    body: RefundCreate | None = None,
 ) -> RefundPublic:
-    """Give back part or all of a succeeded top-up or transfer. The refunds of a payment
-    never add up to more than was captured (409 ``refund_exceeds_capture``)."""
+    """Give back part or all of a succeeded top-up or transfer; with no body (or no
+    ``amount``), everything not yet refunded. The refunds of a payment never add up to more
+    than was captured (409 ``refund_exceeds_capture``)."""
     key = require_idempotency_key(key)
+    # No body is the same request as ``{}``: one fingerprint, so either replays the other.
+    body = body or RefundCreate()
     store = _payments(request)
     payment = _visible(principal, await store.get(payment_id), payment_id)
     if payment.kind == "payout":
@@ -370,3 +373,19 @@ async def list_refunds(payment_id: str, request: Request, principal: Reader) -> 
     store = _payments(request)
     _visible(principal, await store.get(payment_id), payment_id)
     return [_refund_public(r) for r in await store.refunds_of(payment_id)]
+
+
+@router.get("/{payment_id}/refunds/{refund_id}", response_model=RefundPublic)
+async def get_refund(
+    payment_id: str, refund_id: str, request: Request, principal: Reader
+) -> RefundPublic:
+    """One refund of the payment: where a refund's ``Location`` points."""
+    store = _payments(request)
+    _visible(principal, await store.get(payment_id), payment_id)
+    refund = await store.refund(payment_id, refund_id)
+    if refund is None:  # a refund of another payment is not one of this payment's
+        raise ProblemError(
+            404, "refund_not_found", "No such refund",
+            f"no refund {refund_id} of payment {payment_id}",
+        )  # fmt: skip
+    return _refund_public(refund)

@@ -59,6 +59,7 @@ from models.payment import (
     POSTED,
     RECORD_PAYMENT,
     RECORD_REFUND,
+    RECORD_REFUND_OUTCOME,
     REFUND_CHARGE,
     SCORE_PAYMENT,
     SEND_PAYOUT,
@@ -72,6 +73,7 @@ from models.payment import (
     PayoutInput,
     RefundChargeInput,
     RefundInput,
+    RefundOutcome,
     RefundRecord,
     ResolveHoldInput,
     RiskSummary,
@@ -118,6 +120,7 @@ class Hold:
     credit: str
     amount: int
     state: Literal["pending", "posted", "voided"] = "pending"
+    timeout_seconds: int | None = None
 
 
 def _is_platform(account_id: str) -> bool:
@@ -161,6 +164,7 @@ class FakeLedger:
             request.debit_account_id,
             request.credit_account_id,
             request.amount,
+            timeout_seconds=request.timeout_seconds,
         )
         self.log.append(("hold", request.transfer_id))
         return request.transfer_id
@@ -170,6 +174,8 @@ class FakeLedger:
             return request.transfer_id  # the same step again: its first answer
         hold = self.holds.get(request.hold_id)
         if hold is None:
+            if to == "voided":  # as void_hold: a hold that never landed needs no release
+                return None
             raise ledger_refusal("pending_transfer_not_found", request.hold_id)
         if hold.state != "pending":
             if to == "voided":
@@ -203,6 +209,8 @@ class FakeLedger:
 #   "unknown"            nothing applied, but the answer is lost (GatewayUnknownOutcome)
 #   "unknown+succeed"    applied, answer lost
 #   "unknown+decline:<code>"  applied as declined, answer lost
+#   "pending"            applied, answered in transit (a payout); the first lookup still
+#                        finds it pending, the next one paid
 Step = str
 
 
@@ -214,8 +222,9 @@ class Movement:
     payment_id: str
     idempotency_key: str
     amount: int
-    outcome: Literal["succeeded", "declined"]
+    outcome: Literal["succeeded", "declined", "pending"]
     decline_code: str | None = None
+    lookups: int = 0
 
     def result(self) -> GatewayResult:
         return GatewayResult(self.outcome, self.reference, self.decline_code)
@@ -257,7 +266,11 @@ class FakeGateway:
         step = step.removeprefix("unknown").removeprefix("+")
         if step == "error":
             raise RuntimeError("gateway answered 503")
-        if step:
+        if step == "pending":
+            self.movements[key] = Movement(
+                f"po_{len(self.movements) + 1}", payment_id, key, amount, "pending"
+            )
+        elif step:
             outcome: Literal["succeeded", "declined"] = (
                 "succeeded" if step == "succeed" else "declined"
             )
@@ -276,6 +289,9 @@ class FakeGateway:
         self.calls.append((f"find_{op}", payment_id))
         for movement in self.movements.values():
             if movement.payment_id == payment_id:
+                movement.lookups += 1
+                if movement.outcome == "pending" and movement.lookups > 1:
+                    movement.outcome = "succeeded"  # the bank paid it
                 return movement.result()
         return GatewayResult("absent")
 
@@ -308,9 +324,13 @@ class World:
     risk: RiskSummary = APPROVE
     ledger: FakeLedger = field(default_factory=FakeLedger)
     gateway: FakeGateway = field(default_factory=FakeGateway)
-    # post_hold's next answers: "ok", "error" (a plain exception, for ever after) or the
+    # post_hold's next answers: "ok", "error" (a plain exception, for ever after),
+    # "error_once", "lost" (it lands, every answer about it is lost), "lost_once", or the
     # code of a ledger rule that refuses it.
     post_script: list[str] = field(default_factory=list)
+    # hold_funds' next answers: "ok", "error" (never lands, for ever after) or "lost" (it
+    # lands, every answer about it is lost).
+    hold_script: list[str] = field(default_factory=list)
     post_attempts: int = 0
     # When set, hold_funds waits here (the saga sits inside a local activity).
     hold_gate: asyncio.Event | None = None
@@ -341,17 +361,25 @@ class World:
         self.hold_entered.set()
         if self.hold_gate is not None:
             await self.hold_gate.wait()
+        step = self.hold_script[0] if self.hold_script else "ok"
+        if step == "error":
+            raise ConnectionError("ledger database unreachable")
+        if step == "lost":
+            self.ledger.hold(request)
+            raise ConnectionError("connection reset after commit")
         return self.ledger.hold(request)
 
     @activity.defn(name=POST_HOLD)
     async def post_hold(self, request: ResolveHoldInput) -> str:
         self.post_attempts += 1
         step = self.post_script.pop(0) if self.post_script else "ok"
-        if step == "error":
-            self.post_script.insert(0, "error")  # keeps failing
+        if step.startswith("error"):
+            if step == "error":
+                self.post_script.insert(0, "error")  # keeps failing
             raise ConnectionError("ledger database unreachable")
-        if step == "lost":  # the post lands, every answer about it is lost
-            self.post_script.insert(0, "lost")
+        if step.startswith("lost"):  # the post lands, the answer about it is lost
+            if step == "lost":
+                self.post_script.insert(0, "lost")  # every answer
             if request.transfer_id not in self.ledger._resolutions:
                 self.ledger.post(request)
             raise ConnectionError("connection reset after commit")
@@ -404,6 +432,16 @@ class World:
             return "succeeded"
         return "refunded" if refunded >= self.captured[record.payment_id] else "partially_refunded"
 
+    @activity.defn(name=RECORD_REFUND_OUTCOME)
+    async def record_refund_outcome(self, record: RefundRecord) -> RefundOutcome:
+        status = await self.record_refund(record)
+        refunded = sum(
+            self.refunds_by_id[r.refund_id]
+            for r in self.refund_records
+            if r.payment_id == record.payment_id and r.status == "succeeded"
+        )
+        return RefundOutcome(status, self.captured[record.payment_id], refunded)
+
     @activity.defn(name=RECORD_EVENT)
     async def record_event(self, event: PlatformEvent) -> RecordedEvent:
         if event.id not in {e.id for e in self.events}:
@@ -439,6 +477,7 @@ class World:
             self.refund_charge,
             self.record_payment,
             self.record_refund,
+            self.record_refund_outcome,
             self.record_event,
             self.email_customer,
             self.record_review_event,

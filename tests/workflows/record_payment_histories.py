@@ -23,7 +23,7 @@ from typing import Any
 from temporalio.client import WorkflowHandle
 
 from models.payment import review_id_for
-from models.review import DecideInput
+from models.review import DecideInput, ReviewOutcome
 from tests.helpers.time_skipping import fresh_environment
 from tests.workflows.payment_world import (
     CAROL,
@@ -50,8 +50,10 @@ async def review_approved(world: World) -> Handle:
     payment = topup(payment_id="pay_recorded_review", amount=9_000)
     handle = await world.start(payment)
     await waiting_for(handle, "a compliance decision")
-    review = world.client.get_workflow_handle_for(
-        ComplianceReviewWorkflow.run, review_id_for(payment.payment_id)
+    review: WorkflowHandle[ComplianceReviewWorkflow, ReviewOutcome] = (
+        world.client.get_workflow_handle_for(
+            ComplianceReviewWorkflow.run, review_id_for(payment.payment_id)
+        )
     )
     await review.execute_update(
         ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="source of funds ok")

@@ -531,6 +531,68 @@ async def test_a_post_that_landed_with_its_answer_lost_is_not_walked_back(world:
     assert await announced(world, handle) == [("payment.succeeded", None)]
 
 
+@pytest.mark.parametrize("make", [transfer, payout], ids=["transfer", "payout"])
+async def test_a_hold_that_landed_with_its_answer_lost_is_voided(world: World, make: Any) -> None:
+    """Retries of the hold ran out, but an attempt had committed: compensation voids the
+    hold's fixed id, or the wallet's money would stay reserved behind a failed payment."""
+    world.hold_script = ["lost"]
+    p = make(amount=3_000)
+    handle = await world.start(p)
+    state = await asyncio.wait_for(finished(world, handle), timeout=8)
+
+    assert (state.status, state.decline_code) == ("failed", "processing_error")
+    assert world.ledger.log == ledger_steps(p, "hold", "void")
+    assert world.ledger.available(WALLET) == 100_000
+    assert world.gateway.calls == []
+
+
+async def test_a_hold_that_never_landed_fails_with_nothing_to_release(world: World) -> None:
+    world.hold_script = ["error"]
+    p = transfer(amount=3_000)
+    handle = await world.start(p)
+    state = await asyncio.wait_for(finished(world, handle), timeout=8)
+
+    assert (state.status, state.decline_code) == ("failed", "processing_error")
+    assert world.ledger.log == []
+    assert "nothing to void" in detail(state, "hold_voided")
+
+
+async def test_a_payout_post_whose_answers_were_lost_is_retried_until_it_answers(
+    world: World,
+) -> None:
+    """The payout left for the bank and cannot be called back: when the post's answers are
+    lost past its usual retries, the saga keeps asking instead of ending ``failed`` over
+    money that did move (the app would pay out again)."""
+    world.post_script = ["lost_once"] * 25
+    p = payout(amount=4_200)
+    handle = await world.start(p)
+    state = await asyncio.wait_for(finished(world, handle), timeout=15)
+
+    assert (state.status, state.decline_code, state.captured_amount) == ("succeeded", None, 4_200)
+    assert world.post_attempts == 26
+    assert world.ledger.log == ledger_steps(p, "hold", "post")
+    assert "post_retried" in events(state)
+    assert await announced(world, handle) == [("payment.succeeded", None)]
+
+
+async def test_a_payout_in_transit_is_looked_up_until_it_is_paid(world: World) -> None:
+    """A provider answers a payout the bank has not paid yet as pending: that is neither a
+    decline (the money is on its way) nor a success yet."""
+    world.gateway.script = ["pending"]
+    p = payout(amount=5_000)
+    handle = await world.start(p)
+    state = await asyncio.wait_for(finished(world, handle), timeout=8)
+
+    assert (state.status, state.decline_code, state.captured_amount) == ("succeeded", None, 5_000)
+    assert world.ledger.log == ledger_steps(p, "hold", "post")
+    assert world.gateway.calls == [
+        ("payout", f"{p.payment_id}:payout"),
+        ("find_payout", p.payment_id),
+        ("find_payout", p.payment_id),
+    ]
+    assert events(state)[3:5] == ["gateway_pending", "gateway_outcome_resolved"]
+
+
 # ---- the gateway's answer gets lost ------------------------------------------------------
 
 

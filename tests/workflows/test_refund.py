@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -162,3 +163,60 @@ async def test_a_refund_the_gateway_rejects_releases_the_hold_and_is_recorded(
         ("failed", "gateway_rejected")
     ]
     assert isinstance(done[0], RefundResult)
+
+
+async def test_the_refund_event_reports_the_payment_and_all_refunded_so_far(world: World) -> None:
+    """Receivers and the customer's mail read ``amount`` as the payment's and
+    ``amount_refunded`` as the running total, as in every other ``payment.*`` event."""
+    world.ledger.fund(WALLET, CAPTURED)
+    first = refund_of(world, "topup", 300)
+    second = replace(first, refund_id=f"rfd_{uuid.uuid4().hex}", amount=200)
+    _, first_handle = await run(world, first)
+    _, second_handle = await run(world, second)
+
+    [one] = await world.handed_to_delivery(first_handle)
+    [two] = await world.handed_to_delivery(second_handle)
+    assert (one.data["amount"], one.data["amount_refunded"]) == (CAPTURED, 300)
+    assert (two.data["amount"], two.data["amount_refunded"]) == (CAPTURED, 500)
+    assert two.type == "payment.partially_refunded"
+
+
+async def test_a_refund_hold_lives_until_the_saga_resolves_it(world: World) -> None:
+    """An expiry would release money whose card refund may still be on its way."""
+    world.ledger.fund(WALLET, CAPTURED)
+    refund = refund_of(world, "topup", 1_000)
+    await run(world, refund)
+    assert world.ledger.holds[f"{refund.refund_id}:hold"].timeout_seconds is None
+
+
+async def test_a_hold_whose_answers_were_lost_is_voided_and_the_refund_fails(
+    world: World,
+) -> None:
+    """Retries ran out, but the hold had landed: it is voided (the wallet keeps its money)
+    and the refund is recorded failed, which gives its reservation back."""
+    world.ledger.fund(WALLET, CAPTURED)
+    world.hold_script = ["lost"]
+    refund = refund_of(world, "topup", 2_000)
+    result, handle = await asyncio.wait_for(run(world, refund), timeout=10)
+
+    assert (result.status, result.failure_code) == ("failed", "processing_error")
+    assert world.ledger.log == ledger_steps(refund, "hold", "void")
+    assert world.ledger.available(WALLET) == CAPTURED
+    assert world.gateway.calls == []
+    assert await world.announced(handle) == []
+
+
+async def test_the_post_after_a_card_refund_is_retried_until_the_ledger_answers(
+    world: World,
+) -> None:
+    """The card has its money back: nothing can walk that back, so the post keeps trying
+    past the quick steps' retries rather than failing the refund with the wallet held."""
+    world.ledger.fund(WALLET, CAPTURED)
+    world.post_script = ["error_once"] * 25
+    refund = refund_of(world, "topup", 2_000)
+    result, _ = await asyncio.wait_for(run(world, refund), timeout=15)
+
+    assert (result.status, result.payment_status) == ("succeeded", "partially_refunded")
+    assert world.post_attempts == 26
+    assert world.ledger.log == ledger_steps(refund, "hold", "post")
+    assert world.ledger.balances[WALLET] == CAPTURED - 2_000

@@ -155,6 +155,7 @@ ROLE_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/payments/pay_nothing/cancel"): CUSTOMERS | STAFF,
     ("POST", "/v1/payments/pay_nothing/refunds"): CUSTOMERS | STAFF,
     ("GET", "/v1/payments/pay_nothing/refunds"): EVERYONE,
+    ("GET", "/v1/payments/pay_nothing/refunds/rfd_nothing"): EVERYONE,
     ("POST", "/v1/onboarding"): set(),  # app clients only
     ("GET", "/v1/onboarding/onb_nothing"): STAFF | {"carol", "cora"},
     ("POST", "/v1/onboarding/onb_nothing/documents"): set(),
@@ -207,6 +208,7 @@ def test_the_matrix_covers_every_route() -> None:
             .replace("acc_nothing", "{account_id}")
             .replace("rev_nothing", "{review_id}")
             .replace("pay_nothing", "{payment_id}")
+            .replace("rfd_nothing", "{refund_id}")
             .replace("onb_nothing", "{onboarding_id}")
             .replace("we_nothing", "{endpoint_id}")
             .replace("evt_nothing", "{event_id}"),

@@ -19,7 +19,13 @@ from temporalio.client import Client
 
 from api.payment_starter import SagaStarter
 from infra.ledger_store import LedgerStore
-from infra.payment_store import NewPayment, PaymentStore, StoredPayment
+from infra.payment_store import (
+    IdempotencyKeyReused,
+    NewPayment,
+    PaymentStore,
+    StoredPayment,
+    StoredRefund,
+)
 from infra.settings import Settings
 from models.ids import new_id
 from tests.helpers.logins import Logins
@@ -218,6 +224,10 @@ async def test_requests_that_cannot_be_paid_are_refused_with_the_field_named(
     no_key = await api.post("/v1/payments", json=body, headers=alice)
     assert no_key.status_code == 400
     assert no_key.json()["code"] == "idempotency_key_required"
+    # An empty key is a missing one, not a malformed one.
+    empty_key = await api.post("/v1/payments", json=body, headers={**alice, "Idempotency-Key": ""})
+    assert empty_key.status_code == 400, empty_key.text
+    assert empty_key.json()["code"] == "idempotency_key_required"
 
     async def refused(changes: dict[str, Any], headers: dict[str, str] = alice) -> dict[str, Any]:
         response = await api.post(
@@ -352,6 +362,184 @@ async def test_a_refund_of_the_rest_replays_as_the_same_refund(
     assert again.headers.get("Idempotent-Replayed") == "true"
     more = await api.post(path, json={}, headers={**alice, "Idempotency-Key": str(uuid.uuid4())})
     assert more.status_code == 409 and more.json()["code"] == "payment_not_refundable"
+
+
+async def test_a_refund_with_no_body_gives_back_what_is_left(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+) -> None:
+    alice = logins.headers("alice")
+    first, second = await asyncio.gather(
+        top_up(api, logins, wallets["alice"], 3_000), top_up(api, logins, wallets["alice"], 1_200)
+    )
+    path = f"/v1/payments/{first['id']}/refunds"
+    part = await api.post(
+        path, json={"amount": 1_000}, headers={**alice, "Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert part.status_code == 202, part.text
+    key = {**alice, "Idempotency-Key": str(uuid.uuid4())}
+    bare = await api.post(path, headers=key)  # no body at all
+    assert (bare.status_code, bare.json()["amount"]) == (202, 2_000), bare.text
+    # No body and ``{}`` are the same request: under the same key, the same refund.
+    same = await api.post(path, json={}, headers=key)
+    assert (same.status_code, same.json()["id"]) == (202, bare.json()["id"]), same.text
+    assert same.headers.get("Idempotent-Replayed") == "true"
+    more = await api.post(path, headers={**alice, "Idempotency-Key": str(uuid.uuid4())})
+    assert (more.status_code, more.json()["code"]) == (409, "refund_exceeds_capture")
+
+    whole = await api.post(
+        f"/v1/payments/{second['id']}/refunds",
+        json={},
+        headers={**alice, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert (whole.status_code, whole.json()["amount"]) == (202, 1_200), whole.text
+    for payment_id, refund_id in (
+        (first["id"], bare.json()["id"]),
+        (second["id"], whole.json()["id"]),
+    ):
+        await wait_for_refund(api, alice, payment_id, refund_id)
+
+
+async def test_a_refund_is_read_at_its_location(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+) -> None:
+    alice, bob = logins.headers("alice"), logins.headers("bob")
+    payment, other = await asyncio.gather(
+        top_up(api, logins, wallets["alice"], 900), top_up(api, logins, wallets["alice"], 400)
+    )
+    created = await api.post(
+        f"/v1/payments/{payment['id']}/refunds",
+        json={"amount": 300},
+        headers={**alice, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert created.status_code == 202, created.text
+    refund = created.json()
+    location = created.headers["Location"]
+    assert location == f"/v1/payments/{payment['id']}/refunds/{refund['id']}"
+
+    read = await api.get(location, headers=alice)
+    assert read.status_code == 200, read.text
+    listed = await api.get(f"/v1/payments/{payment['id']}/refunds", headers=alice)
+    assert read.json().keys() == listed.json()[0].keys()  # the list's shape
+    lasting = ("id", "object", "payment_id", "amount", "created_at")  # the worker moves the rest
+    assert {k: read.json()[k] for k in lasting} == {k: refund[k] for k in lasting}
+    staff = await api.get(location, headers=logins.headers("olivia"))
+    assert (staff.status_code, staff.json()["id"]) == (200, refund["id"])
+    # Someone else's payment answers like a missing one, refund or not.
+    theirs = await api.get(location, headers=bob)
+    assert (theirs.status_code, theirs.json()["code"]) == (404, "payment_not_found")
+    for path in (
+        f"/v1/payments/{payment['id']}/refunds/rfd_nothing",
+        f"/v1/payments/{other['id']}/refunds/{refund['id']}",  # a refund of another payment
+    ):
+        missing = await api.get(path, headers=alice)
+        assert (missing.status_code, missing.json()["code"]) == (404, "refund_not_found"), path
+        assert missing.headers["content-type"].startswith("application/problem+json")
+    await wait_for_refund(api, alice, payment["id"], refund["id"])
+
+
+async def test_an_empty_idempotency_key_on_a_refund_is_a_missing_one(
+    api: httpx.AsyncClient, logins: Logins
+) -> None:
+    # The key is checked before anything else: no payment is needed to see the answer.
+    response = await api.post(
+        "/v1/payments/pay_nothing/refunds",
+        json={},
+        headers=logins.headers("alice", **{"Idempotency-Key": ""}),
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "idempotency_key_required"
+
+
+async def refund_insert_blocked(pool: AsyncConnectionPool[Any], holder_pid: int) -> None:
+    """Until a session waits for the transaction of ``holder_pid`` (the racing INSERT)."""
+    async with pool.connection() as conn:
+        for _ in range(200):
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                (holder_pid,),
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("reserve_refund never waited on the uncommitted refund")
+
+
+async def test_a_refund_key_raced_on_another_payment_is_refused_not_a_500(
+    api: httpx.AsyncClient,
+    logins: Logins,
+    wallets: dict[str, str],
+    store: PaymentStore,
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """Two refunds under one key on two payments lock two different payment rows: both
+    find the key free, and the second INSERT waits on the key's unique index. It must come
+    out as the first one's replay or a reuse of the key, never as the index's error."""
+    first, second = await asyncio.gather(
+        top_up(api, logins, wallets["alice"], 500), top_up(api, logins, wallets["alice"], 500)
+    )
+    scope = f"race-{uuid.uuid4()}"
+
+    async def race(
+        held_payment: str, held_hash: str, request_hash: str
+    ) -> tuple[str, asyncio.Task[tuple[StoredRefund, bool]]]:
+        held_id = new_id("rfd")
+        async with pool.connection() as holder:
+            async with holder.transaction():
+                # 'failed': the stack's sweep leaves it alone and it reserves nothing.
+                await holder.execute(
+                    "INSERT INTO payment_refunds (id, payment_id, amount, status, scope, "
+                    "idempotency_key, request_hash, created_by) "
+                    "VALUES (%s, %s, 1, 'failed', %s, %s, %s, %s)",
+                    (held_id, held_payment, scope, held_hash, held_hash, scope),
+                )
+                racing = asyncio.create_task(
+                    store.reserve_refund(
+                        refund_id=new_id("rfd"),
+                        payment_id=second["id"],
+                        amount=None,
+                        scope=scope,
+                        key=held_hash,
+                        request_hash=request_hash,
+                        created_by=scope,
+                    )
+                )
+                await refund_insert_blocked(pool, holder.info.backend_pid)
+                assert not racing.done()
+            # committed: the waiting INSERT now meets the key
+            return held_id, racing
+
+    # Another request (another payment) holds the key: refused as a reused key.
+    _, racing = await race(first["id"], f"other-{uuid.uuid4()}", "this request")
+    with pytest.raises(IdempotencyKeyReused):
+        await racing
+    assert await store.refunds_of(second["id"]) == []
+
+    # The same request got there first: its refund is the answer, not a new one.
+    same = f"same-{uuid.uuid4()}"
+    held_id, racing = await race(second["id"], same, same)
+    refund, created = await racing
+    assert (refund.id, created) == (held_id, False)
+    assert [r.id for r in await store.refunds_of(second["id"])] == [held_id]
+
+
+async def test_one_refund_key_sent_for_two_payments_at_once_makes_one_refund(
+    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+) -> None:
+    alice = logins.headers("alice")
+    payments = await asyncio.gather(
+        top_up(api, logins, wallets["alice"], 600), top_up(api, logins, wallets["alice"], 600)
+    )
+    key = {**alice, "Idempotency-Key": str(uuid.uuid4())}
+    answers = await asyncio.gather(
+        *(api.post(f"/v1/payments/{p['id']}/refunds", json={}, headers=key) for p in payments)
+    )
+    assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 409)
+    assert refused.json()["code"] == "idempotency_key_reused"
+    accepted = next(a for a in answers if a.status_code == 202)
+    payment_id = accepted.json()["payment_id"]
+    await wait_for_refund(api, alice, payment_id, accepted.json()["id"])
 
 
 async def test_a_large_payment_waits_for_review_and_carol_decides(

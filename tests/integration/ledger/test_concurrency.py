@@ -4,8 +4,11 @@ deadlock reaching a caller, and a hold resolved once however many try."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
-from infra.ledger_store import LedgerStore
+from infra.ledger_group_commit import GroupCommitter
+from infra.ledger_store import LedgerStore, create_ledger_pool
+from infra.settings import Settings
 from models.errors import InsufficientFunds, PendingTransferAlreadyResolved
 from models.ledger import AccountKind, TransferKind, TransferRequest
 from tests.helpers.ledger import AccountFactory
@@ -123,3 +126,32 @@ async def test_the_same_request_sent_twice_at_once_moves_money_once(
     results = await asyncio.gather(*(ledger.create_transfer(request) for _ in range(10)))
     assert len({r.seq for r in results}) == 1
     assert await accounts.available(bob) == 400
+
+
+async def test_a_request_whose_caller_gave_up_is_not_sent_later(
+    settings: Settings, accounts: AccountFactory
+) -> None:
+    """A hold still queued for the group commit when its activity timed out must not land
+    afterwards, once the saga has walked back and nobody would void it."""
+    alice = await accounts.wallet("alice")
+    shop = await accounts.platform("payouts_due", kind=AccountKind.LIABILITY)
+    await accounts.fund(alice, 1_000)
+    pool = create_ledger_pool(settings, min_size=1, max_size=1)
+    await pool.open()
+    ledger = LedgerStore(pool, group_commit=GroupCommitter(pool, flushers=1))
+    try:
+        async with pool.connection():  # the only connection: the flusher waits for it
+            first = asyncio.create_task(
+                ledger.record_transfer(accounts.move(alice, shop, 100, name="first"))
+            )
+            await asyncio.sleep(0.2)  # taken by the flusher, which now waits for the pool
+            abandoned = accounts.move(alice, shop, 900, name="abandoned", kind=TransferKind.PENDING)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ledger.record_transfer(abandoned), timeout=0.2)
+        assert await first == accounts.transfer_id("first")
+        await asyncio.sleep(0.3)  # the flusher's next turn, had it kept the request
+    finally:
+        await ledger.close()
+        await pool.close()
+    assert await accounts.ledger.find_transfer(abandoned.id) is None
+    assert await accounts.available(alice) == 900
