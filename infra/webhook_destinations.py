@@ -28,19 +28,51 @@ async def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+# IPv6 ranges that carry an IPv4 address in their last 32 bits, which the network may
+# translate to (NAT64 64:ff9b::a9fe:a9fe reaches 169.254.169.254), or that are not public
+# although Python's ``is_global`` says so (site-local fec0::/10, deprecated but routed by
+# some networks; the local-use NAT64 prefix 64:ff9b:1::/48).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_NOT_PUBLIC_V6 = (ipaddress.IPv6Network("fec0::/10"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
 def is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not an address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in _NOT_PUBLIC_V6):
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return embedded.is_global and not embedded.is_multicast
     return ip.is_global and not ip.is_multicast
 
 
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to: ::ffff:127.0.0.1 is loopback, and so are the
+    NAT64, 6to4 and IPv4-compatible forms of it."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # not :: or ::1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def literal_address(host: str) -> str | None:
-    """``host`` when it is an IP address written out, else None (a name)."""
+    """``host`` when it is an IP address written out, else None (a name). Includes the
+    shorthand IPv4 forms resolvers accept (``127.1``, ``2130706433``, ``0x7f000001``)."""
     try:
         return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
-        return None
+        pass
+    if host and all(c in "0123456789abcdefx." for c in host) and host[0].isdigit():
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def parse_url(url: str) -> httpx.URL:
@@ -63,6 +95,7 @@ def url_host_problem(url: str) -> str | None:
         host = (parse_url(url).host or "").lower()
     except ValueError as exc:
         return str(exc)
+    host = host.removesuffix(".")  # "localhost." is localhost
     if host == "localhost" or host.endswith(".localhost"):
         return "the URL must point at a public address, not localhost"
     address = literal_address(host)

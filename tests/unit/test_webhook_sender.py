@@ -165,6 +165,19 @@ def test_endpoint_url_rules(url: str, allow_http: bool, problem: str | None) -> 
         ("https://169.254.169.254/latest/meta-data", "not 169.254.169.254"),
         ("https://100.64.0.1/hooks", "not 100.64.0.1"),
         ("https://localhost:8200/v1/sys", "not localhost"),
+        ("https://localhost./v1/sys", "not localhost"),
+        # IPv4 shorthand that resolvers read as loopback
+        ("https://127.1/hooks", "not 127.0.0.1"),
+        ("https://2130706433/hooks", "not 127.0.0.1"),
+        ("https://0x7f000001/hooks", "not 127.0.0.1"),
+        ("https://8.8.8.8/hooks", None),
+        # IPv6 forms that lead to a private IPv4 address, and site-local
+        ("https://[64:ff9b::a9fe:a9fe]/hooks", "not 64:ff9b::a9fe:a9fe"),  # NAT64
+        ("https://[2002:a9fe:a9fe::]/hooks", "not 2002:a9fe:a9fe::"),  # 6to4
+        ("https://[::7f00:1]/hooks", "not ::7f00:1"),  # IPv4-compatible
+        ("https://[fec0::1]/hooks", "not fec0::1"),
+        ("https://[64:ff9b::808:808]/hooks", None),  # NAT64 of a public address
+        ("https://[2606:4700:4700::1111]/hooks", None),
     ],
 )
 def test_only_public_addresses_register_when_private_ones_are_not_allowed(
@@ -307,7 +320,14 @@ async def test_only_a_failure_to_connect_moves_on_and_all_failing_is_one_retry()
 
 @pytest.mark.parametrize(
     "addresses",
-    [["10.0.0.7"], ["93.184.216.34", "127.0.0.1"], ["fd00::1"], ["169.254.169.254"]],
+    [
+        ["10.0.0.7"],
+        ["93.184.216.34", "127.0.0.1"],
+        ["fd00::1"],
+        ["169.254.169.254"],
+        ["64:ff9b::a9fe:a9fe"],  # a DNS64 answer for the metadata service
+        ["2002:7f00:1::"],
+    ],
 )
 async def test_a_public_only_sender_refuses_a_name_with_any_private_address(
     addresses: list[str],
