@@ -10,7 +10,8 @@ as far as the saga got):
                                        its answer lost, so compensation voids its fixed id.
     3. review (review band)   (child)  a ComplianceReviewWorkflow case while the funds stay held;
                                        rejected -> void, declined ``review_rejected``; SLA
-                                       expiry -> void, declined ``review_expired``.
+                                       expiry -> void, declined ``review_expired``;
+                                       approved -> ``processing`` again, in the table too.
     4. gateway                (topup: charge the card; payout: send the payout; transfer: none)
                                        a decline -> void, declined with the gateway's code;
                                        a timeout is an UNKNOWN outcome, not a failure: the saga
@@ -119,6 +120,7 @@ HOLD_TIMEOUT_SECONDS = 7 * 24 * 3600
 # Patches (workflow.patched): histories recorded before a change replay on the old path.
 VOID_UNANSWERED_HOLD = "void-unanswered-hold"
 PAYOUT_POST_UNTIL_ANSWERED = "payout-post-until-answered"
+RECORD_REVIEW_APPROVAL = "record-review-approval"
 
 _QUICK = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
@@ -264,6 +266,10 @@ class PaymentWorkflow:
                 return await self._undo_and_finish("declined", code)
             self._set_status("processing")
             self._note("review_approved", ",".join(outcome.decided_by))
+            if workflow.patched(RECORD_REVIEW_APPROVAL):
+                # The table too: until the payment ends, its list filters would still
+                # show it in review while it is at the gateway.
+                await self._record()
 
         # The point of no return: from here on, money moves outside the ledger.
         if self._cancel_asked():
