@@ -256,6 +256,10 @@ class PaymentActivities:
             raise ApplicationError(str(exc), type=GATEWAY_REJECTED, non_retryable=True) from exc
         # Retryable and unknown outcomes are retried with the same key: a refund replayed
         # under its key is applied once by the gateway.
+        if refund.status in REFUND_NOT_MADE:
+            # A provider may answer with the refund object and its end, not an error.
+            return GatewayResult("declined", reference=refund.id, decline_code="refund_failed")
+        # "pending" (and "requires_action"): the provider has taken the refund on.
         return GatewayResult("succeeded", reference=refund.id)
 
     # ---- the payments table ----------------------------------------------------------
@@ -278,6 +282,10 @@ class PaymentActivities:
     @activity.defn(name=RECORD_REFUND_OUTCOME)
     async def record_refund_outcome(self, record: RefundRecord) -> RefundOutcome:
         return await self._payments.record_refund(record)
+
+
+# Statuses of a refund object that mean no money goes back (Stripe's names).
+REFUND_NOT_MADE = frozenset({"failed", "canceled"})
 
 
 async def _moving_money(call: Awaitable[T]) -> T | GatewayResult:

@@ -20,7 +20,9 @@ as far as the saga got):
                                        A payout still in transit (``pending``) is looked up
                                        the same way until it is paid or fails.
     5. post the hold          (local)  refused after a charge -> refund at the gateway, then
-                                       void, failed. Retries exhausted instead: void first,
+                                       void, failed (``charge_not_refunded`` when the
+                                       gateway refuses the refund: an operator settles it).
+                                       Retries exhausted instead: void first,
                                        as a post whose answer was lost shows up as posted
                                        (then the payment succeeded). A payout cannot be
                                        recalled: its post is retried until the ledger
@@ -65,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         FIND_PAYOUT,
         GATEWAY_CALL_TIMEOUT,
         GATEWAY_CLEARING,
+        GATEWAY_REJECTED,
         GATEWAY_UNKNOWN_OUTCOME,
         HOLD_FUNDS,
         PAYMENT_WORKFLOW,
@@ -176,6 +179,8 @@ class PaymentWorkflow:
         self._past_no_return = False
         self._hold_id: str | None = None
         self._charged: GatewayResult | None = None
+        # The gateway refused to give a charge back: the card stays charged.
+        self._charge_kept = False
 
     # ---- what the outside sees -------------------------------------------------------
 
@@ -238,7 +243,7 @@ class PaymentWorkflow:
                 self._state.captured_amount = payment.amount
                 await self._finish("succeeded")
             else:
-                await self._finish("failed", "processing_error")
+                await self._finish("failed", self._failure_code("processing_error"))
         state = self._state
         return PaymentResult(state.payment_id, state.status, state.decline_code)
 
@@ -522,7 +527,7 @@ class PaymentWorkflow:
             return await self._finish("failed", "post_failed_after_payout")
         await self._refund_charge()
         await self._release_hold(code)
-        await self._finish("failed", code)
+        await self._finish("failed", self._failure_code(code))
 
     async def _compensate(self, why: str) -> bool:
         """Walk back after an unexpected failure (retries exhausted). The last step may have
@@ -547,19 +552,35 @@ class PaymentWorkflow:
         if self._charged is None or not self._charged.reference or p.kind != "topup":
             return
         self._waiting_for("the refund at the card gateway")
-        refund: GatewayResult = await workflow.execute_activity(
-            REFUND_CHARGE,
-            RefundChargeInput(
-                payment_id=p.payment_id,
-                idempotency_key=f"{p.payment_id}:compensation-refund",
-                gateway_reference=self._charged.reference,
-                amount=p.amount,
-            ),
-            result_type=GatewayResult,
-            start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
-            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
-        )
+        try:
+            refund: GatewayResult = await workflow.execute_activity(
+                REFUND_CHARGE,
+                RefundChargeInput(
+                    payment_id=p.payment_id,
+                    idempotency_key=f"{p.payment_id}:compensation-refund",
+                    gateway_reference=self._charged.reference,
+                    amount=p.amount,
+                ),
+                result_type=GatewayResult,
+                start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
+            )
+        except ActivityError as exc:
+            # Refused outright (a disputed or closed charge): as final as a decline. Raised
+            # on, it would fail the workflow mid-compensation with the payment 'processing'.
+            if _error_type(exc) != GATEWAY_REJECTED:
+                raise
+            refund = GatewayResult("declined", decline_code="gateway_rejected")
+        if refund.outcome != "succeeded":
+            self._charge_kept = True
+            self._note("charge_refund_refused", refund.decline_code or refund.outcome)
+            return
         self._note("charge_refunded", refund.reference or refund.outcome)
+
+    def _failure_code(self, code: str) -> str:
+        """The failed payment's code; ``charge_not_refunded`` when its card stays charged
+        with nothing in the wallet, which only an operator can settle."""
+        return "charge_not_refunded" if self._charge_kept else code
 
     async def _void(self, why: str) -> str | None:
         p = self._payment

@@ -473,6 +473,26 @@ async def test_a_post_refused_after_a_charge_refunds_then_voids(world: World) ->
     assert await world.status_attribute(handle) == "failed"
 
 
+@pytest.mark.parametrize("answer", ["decline:charge_disputed", "reject"])
+async def test_a_compensation_refund_the_gateway_refuses_says_the_card_stays_charged(
+    world: World, answer: str
+) -> None:
+    """The card cannot get its money back: the payment must not claim it did (timeline) nor
+    fail mid-compensation (a refusal raised on); its code sends an operator to settle it."""
+    world.post_script = ["pending_transfer_expired"]
+    world.gateway.refund_script = [answer]
+    p = topup(amount=4_000)
+    handle = await world.start(p)
+    state = await asyncio.wait_for(finished(world, handle), timeout=8)
+
+    assert (state.status, state.decline_code) == ("failed", "charge_not_refunded")
+    assert world.gateway.refunds == {}
+    assert world.ledger.log == ledger_steps(p, "hold", "void")
+    assert "charge_refunded" not in events(state)
+    assert events(state)[-3:] == ["charge_refund_refused", "hold_voided", "failed"]
+    assert await announced(world, handle) == [("payment.failed", "charge_not_refunded")]
+
+
 async def test_a_post_refused_after_a_payout_keeps_the_hold_for_reconciliation(
     world: World,
 ) -> None:
