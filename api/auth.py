@@ -38,7 +38,9 @@ class Principal:
         return bool(self.roles & STAFF_ROLES)
 
     def own_client(self) -> str:
-        """The app this caller acts as: what an app owns (endpoints, events) is keyed by it."""
+        """The app this caller acts as: what an app owns (endpoints, events, its payments
+        and applications) is keyed by it. A token naming no client must not fall back to
+        None, which would match every row that no app owns."""
         if self.client_id is None:  # every Keycloak access token names its client (azp)
             raise ProblemError(403, "forbidden", "Not allowed", "the token names no client")
         return self.client_id

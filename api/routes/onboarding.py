@@ -74,7 +74,7 @@ def _visible(
     principal: Principal, application: StoredApplication | None, onboarding_id: str
 ) -> StoredApplication:
     if application is not None and (
-        _staff_view(principal) or application.client_id == principal.client_id
+        _staff_view(principal) or application.client_id == principal.own_client()
     ):
         return application
     raise ProblemError(
@@ -179,7 +179,7 @@ async def apply(
         _store(request).apply,
         onboarding_id=new_id("onb"),
         customer_id=new_id("cus"),
-        client_id=principal.client_id,
+        client_id=principal.own_client(),
         scope=principal.subject,
         key=key,
         request_hash=_fingerprint(body),

@@ -110,7 +110,7 @@ def _visible(principal: Principal, payment: StoredPayment | None, payment_id: st
     if payment is not None and (
         _sees_all(principal)
         or payment.customer_id == principal.subject
-        or ("app" in principal.roles and payment.client_id == principal.client_id)
+        or ("app" in principal.roles and payment.client_id == principal.own_client())
     ):
         return payment
     raise ProblemError(404, "payment_not_found", "No such payment", f"no payment {payment_id}")
@@ -204,7 +204,7 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
             id=new_id("pay"),
             kind=body.kind,
             customer_id=customer,
-            client_id=principal.client_id if "app" in principal.roles else None,
+            client_id=principal.own_client() if "app" in principal.roles else None,
             created_by=principal.subject,
             amount=body.amount,
             currency=body.currency,
@@ -260,7 +260,7 @@ async def list_payments(  # noqa: PLR0917 - FastAPI passes query parameters by n
     if _sees_all(principal):
         scope["customer_id"] = customer_id
     elif "app" in principal.roles:
-        scope["client_id"] = principal.client_id
+        scope["client_id"] = principal.own_client()
     else:
         scope["customer_id"] = principal.subject
     rows = await store.list_payments(
