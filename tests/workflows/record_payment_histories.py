@@ -4,7 +4,9 @@ Each path runs once against the in-memory world of ``payment_world.py`` on a fre
 time-skipping test server, and its history is written to
 ``tests/workflows/histories/payment_<path>.json``:
 
-    .venv/bin/python -m tests.workflows.record_payment_histories
+    .venv/bin/python -m tests.workflows.record_payment_histories [PATH ...]
+
+Named paths only (e.g. a new one), or every path without a name.
 
 Re-record only for a deliberate change of the saga's path, and keep the old histories of
 paths that running payments may still be on (that change needs ``workflow.patched``).
@@ -22,15 +24,20 @@ from typing import Any
 
 from temporalio.client import WorkflowHandle
 
-from models.payment import review_id_for
+from models.payment import RefundInput, review_id_for
 from models.review import DecideInput, ReviewOutcome
 from tests.helpers.time_skipping import fresh_environment
 from tests.workflows.payment_world import (
     CAROL,
+    CLEARING_EUR,
+    CLIENT_ID,
+    CUSTOMER,
     REVIEW,
     WALLET,
     World,
+    payout,
     topup,
+    transfer,
     waiting_for,
 )
 from workflows.payment import PaymentWorkflow
@@ -38,7 +45,7 @@ from workflows.review import ComplianceReviewWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
-Handle = WorkflowHandle[PaymentWorkflow, Any]
+Handle = WorkflowHandle[Any, Any]
 
 
 async def topup_succeeded(world: World) -> Handle:
@@ -75,11 +82,59 @@ async def canceled_in_review(world: World) -> Handle:
     return handle
 
 
+async def hold_answer_lost(world: World) -> Handle:
+    # Every answer of the hold is lost after it landed: compensation voids its fixed id.
+    world.hold_script = ["lost"]
+    return await world.start(transfer(payment_id="pay_recorded_hold_lost"))
+
+
+async def payout_in_transit(world: World) -> Handle:
+    world.gateway.script = ["pending"]
+    return await world.start(payout(payment_id="pay_recorded_payout_pending"))
+
+
+async def payout_post_retried(world: World) -> Handle:
+    # The post's answers are lost past its quick retries; after a payout it must land.
+    world.post_script = ["lost_once"] * 20
+    return await world.start(payout(payment_id="pay_recorded_payout_post"))
+
+
+async def charge_not_refunded(world: World) -> Handle:
+    world.post_script = ["pending_transfer_expired"]
+    world.gateway.refund_script = ["reject"]
+    return await world.start(topup(payment_id="pay_recorded_not_refunded"))
+
+
+async def topup_refunded(world: World) -> Handle:
+    # A RefundWorkflow: part of a captured top-up back to the card.
+    world.captured["pay_recorded_refunded"] = 5_000
+    refund = RefundInput(
+        refund_id="rfd_recorded_refund",
+        payment_id="pay_recorded_refunded",
+        kind="topup",
+        customer_id=CUSTOMER,
+        client_id=CLIENT_ID,
+        amount=2_000,
+        currency="EUR",
+        debit_account_id=WALLET,
+        credit_account_id=CLEARING_EUR,
+        gateway_reference="ch_recorded",
+    )
+    return await world.start_refund(refund)
+
+
 PATHS: dict[str, Callable[[World], Awaitable[Handle]]] = {
     "topup_succeeded": topup_succeeded,
     "review_approved": review_approved,
     "unknown_outcome_resolved": unknown_outcome_resolved,
     "canceled_in_review": canceled_in_review,
+    # Recorded after the patches of the failure paths and of the review's approval.
+    "review_approval_recorded": review_approved,
+    "hold_answer_lost": hold_answer_lost,
+    "payout_in_transit": payout_in_transit,
+    "payout_post_retried": payout_post_retried,
+    "charge_not_refunded": charge_not_refunded,
+    "topup_refunded": topup_refunded,
 }
 
 
@@ -97,10 +152,12 @@ def without_stack_traces(history: dict[str, Any]) -> str:
     return json.dumps(scrub(history), indent=2) + "\n"
 
 
-async def record(directory: Path = HISTORIES) -> list[Path]:
-    """Run every path and write its history; returns the files written."""
+async def record(directory: Path = HISTORIES, only: list[str] | None = None) -> list[Path]:
+    """Run every path (or the ``only`` ones) and write its history; the files written."""
     written = []
     for name, drive in PATHS.items():
+        if only and name not in only:
+            continue
         async with fresh_environment() as env:
             world = World(env.client)
             world.ledger.fund(WALLET, 100_000)
@@ -115,7 +172,7 @@ async def record(directory: Path = HISTORIES) -> list[Path]:
 
 
 def main() -> None:
-    for path in asyncio.run(record()):
+    for path in asyncio.run(record(only=sys.argv[1:] or None)):
         sys.stdout.write(f"recorded {path}\n")
 
 
