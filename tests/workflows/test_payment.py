@@ -45,6 +45,7 @@ from tests.workflows.payment_world import (
     waiting_for,
 )
 from workflows.payment import PaymentWorkflow
+from workflows.refund import RefundWorkflow
 from workflows.review import ComplianceReviewWorkflow
 
 Handle = WorkflowHandle[PaymentWorkflow, Any]
@@ -735,7 +736,9 @@ async def test_the_history_recorder_still_records_replayable_paths(tmp_path: Pat
     assert [p.name for p in written] == [
         f"payment_{name}.json" for name in record_payment_histories.PATHS
     ]
-    replayer = Replayer(workflows=[PaymentWorkflow], data_converter=platform_data_converter())
+    replayer = Replayer(
+        workflows=[PaymentWorkflow, RefundWorkflow], data_converter=platform_data_converter()
+    )
     for path in written:
         result = await replayer.replay_workflow(
             WorkflowHistory.from_json(path.stem, path.read_text())
