@@ -18,6 +18,7 @@ or its endpoint disabled. What it reads is the webhook's body, field for field.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,8 +63,9 @@ _ACCEPTED = (
 )
 
 
-def _event(row: dict[str, Any]) -> PlatformEvent:
-    # Stored as timestamptz; read back in UTC it is the ISO text the webhook carried.
+def event_from_row(row: Mapping[Any, Any]) -> PlatformEvent:
+    """An ``events`` row as the event: stored as timestamptz, ``created_at`` read back in
+    UTC is the ISO text the webhook carried."""
     return PlatformEvent(
         id=row["id"],
         type=row["type"],
@@ -91,7 +93,7 @@ class EventLog:
                 [event_id, client_id],
             )
             row = await cur.fetchone()
-        return None if row is None else _event(row)
+        return None if row is None else event_from_row(row)
 
     async def page(
         self,
@@ -130,4 +132,4 @@ class EventLog:
                 "ORDER BY e.created_at DESC, e.id DESC LIMIT %s",
                 [*params, limit],
             )
-            return [_event(row) for row in await cur.fetchall()]
+            return [event_from_row(row) for row in await cur.fetchall()]

@@ -202,12 +202,7 @@ class LedgerStore:
     # -- transfers --------------------------------------------------------------------
     async def submit(self, transfers: Sequence[TransferRequest]) -> list[Transfer]:
         """Create a linked batch: all of the transfers, or none of them."""
-        payload = Jsonb([t.as_json() for t in transfers])
-        result = await self._call_submit(payload)
-        if not result["ok"]:
-            raise ledger_error(result)
-        ids = [t["id"] for t in result["transfers"]]
-        return await self.get_transfers(ids)
+        return await self.get_transfers(await self._submitted_ids(transfers))
 
     async def create_transfer(self, transfer: TransferRequest) -> Transfer:
         return (await self.submit([transfer]))[0]
@@ -217,11 +212,15 @@ class LedgerStore:
 
         For callers that need only to know it is in the ledger, such as the payment saga's
         hold, post and void: no second round trip to read the row back."""
-        result = await self._call_submit(Jsonb([transfer.as_json()]))
+        return (await self._submitted_ids([transfer]))[0]
+
+    async def _submitted_ids(self, transfers: Sequence[TransferRequest]) -> list[str]:
+        """Submit a linked batch; the ids the ledger made (or had made) of it, or its
+        refusal raised as the rule's error."""
+        result = await self._call_submit(Jsonb([t.as_json() for t in transfers]))
         if not result["ok"]:
             raise ledger_error(result)
-        transfer_id: str = result["transfers"][0]["id"]
-        return transfer_id
+        return [str(t["id"]) for t in result["transfers"]]
 
     async def submit_outcome(
         self, transfers: Sequence[TransferRequest], *, audit: AuditNote | None = None

@@ -359,10 +359,45 @@ class PaymentStore:
         or find the refund a retry of the same request made. Raises when the payment cannot
         give that much back."""
         try:
-            return await self._reserve_refund(
-                refund_id=refund_id, payment_id=payment_id, amount=amount, scope=scope,
-                key=key, request_hash=request_hash, created_by=created_by,
-            )  # fmt: skip
+            async with self._pool.connection() as conn, conn.transaction():
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(
+                    "SELECT status, captured_amount FROM payments WHERE id = %s FOR UPDATE",
+                    (payment_id,),
+                )
+                payment = await cur.fetchone()
+                if payment is None:
+                    raise LookupError(payment_id)
+                existing = await self._refund_by_key(conn, scope, key, request_hash)
+                if existing is not None:
+                    return existing, False
+                if payment["status"] not in {"succeeded", "partially_refunded"}:
+                    raise PaymentNotRefundable(f"a {payment['status']} payment cannot be refunded")
+                await cur.execute(
+                    "SELECT coalesce(sum(amount), 0) AS reserved FROM payment_refunds "
+                    "WHERE payment_id = %s AND status <> 'failed'",
+                    (payment_id,),
+                )
+                reserved = _row(await cur.fetchone())
+                left = payment["captured_amount"] - int(reserved["reserved"])
+                if amount is None:
+                    amount = left
+                if amount <= 0:
+                    raise RefundExceedsCapture("the payment is refunded in full")
+                if amount > left:
+                    raise RefundExceedsCapture(
+                        f"{amount} exceeds what is left to refund ({left} of "
+                        f"{payment['captured_amount']} captured)"
+                    )
+                # A concurrent refund under this key on another payment makes this wait for its
+                # transaction and, once that commits, fail on the key (caught below).
+                await cur.execute(
+                    "INSERT INTO payment_refunds (id, payment_id, amount, status, scope, "  # noqa: S608 - constant column lists
+                    "idempotency_key, request_hash, created_by) "
+                    f"VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s) RETURNING {_REFUND_COLUMNS}",
+                    (refund_id, payment_id, amount, scope, key, request_hash, created_by),
+                )
+                return StoredRefund(**_row(await cur.fetchone())), True
         except UniqueViolation as exc:
             if exc.diag.constraint_name != _REFUND_KEY_CONSTRAINT:
                 raise
@@ -393,57 +428,6 @@ class PaymentStore:
         if existing.pop("request_hash") != request_hash:
             raise IdempotencyKeyReused("this Idempotency-Key was used for another refund")
         return StoredRefund(**existing)
-
-    async def _reserve_refund(
-        self,
-        *,
-        refund_id: str,
-        payment_id: str,
-        amount: int | None,
-        scope: str,
-        key: str,
-        request_hash: str,
-        created_by: str,
-    ) -> tuple[StoredRefund, bool]:
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                "SELECT status, captured_amount FROM payments WHERE id = %s FOR UPDATE",
-                (payment_id,),
-            )
-            payment = await cur.fetchone()
-            if payment is None:
-                raise LookupError(payment_id)
-            existing = await self._refund_by_key(conn, scope, key, request_hash)
-            if existing is not None:
-                return existing, False
-            if payment["status"] not in {"succeeded", "partially_refunded"}:
-                raise PaymentNotRefundable(f"a {payment['status']} payment cannot be refunded")
-            await cur.execute(
-                "SELECT coalesce(sum(amount), 0) AS reserved FROM payment_refunds "
-                "WHERE payment_id = %s AND status <> 'failed'",
-                (payment_id,),
-            )
-            reserved = _row(await cur.fetchone())
-            left = payment["captured_amount"] - int(reserved["reserved"])
-            if amount is None:
-                amount = left
-            if amount <= 0:
-                raise RefundExceedsCapture("the payment is refunded in full")
-            if amount > left:
-                raise RefundExceedsCapture(
-                    f"{amount} exceeds what is left to refund ({left} of "
-                    f"{payment['captured_amount']} captured)"
-                )
-            # A concurrent refund under this key on another payment makes this wait for its
-            # transaction and, once that commits, fail on the key (caught by reserve_refund).
-            await cur.execute(
-                "INSERT INTO payment_refunds (id, payment_id, amount, status, scope, "  # noqa: S608 - constant column lists
-                "idempotency_key, request_hash, created_by) "
-                f"VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s) RETURNING {_REFUND_COLUMNS}",
-                (refund_id, payment_id, amount, scope, key, request_hash, created_by),
-            )
-            return StoredRefund(**_row(await cur.fetchone())), True
 
     async def record_refund(self, record: RefundRecord) -> RefundOutcome:
         """Finish a refund once; the payment as it stands after it."""

@@ -10,7 +10,7 @@ payment's own transaction where there is one) and read back here for delivery.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -36,6 +36,7 @@ from sqlmodel import Session
 
 from infra.audit import record_audit_event
 from infra.envelope import EnvelopeCipher
+from infra.event_log import event_from_row
 from infra.webhooks import storable_text
 from models.ids import new_id
 from models.notifications import DeliveryAttempt, PlatformEvent, WebhookEndpoint
@@ -344,16 +345,7 @@ class WebhookStore:
         with self._engine.connect() as conn:
             row = conn.execute(select(events).where(events.c.id == event_id)).mappings()
             found = row.one_or_none()
-        if found is None:
-            return None
-        return PlatformEvent(
-            id=found["id"],
-            type=found["type"],
-            created_at=found["created_at"].astimezone(UTC).isoformat(),
-            client_id=found["client_id"],
-            customer_id=found["customer_id"],
-            data=found["data"],
-        )
+        return None if found is None else event_from_row(found)
 
     def record_attempt(
         self,

@@ -106,6 +106,7 @@ with workflow.unsafe.imports_passed_through():
     # Shared, not re-imported into every run's sandbox (a module import per payment
     # was a measurable share of the worker's CPU).
     from workflows.notification import announce
+    from workflows.retries import LOCAL_RETRY_THRESHOLD, QUICK, UNTIL_ANSWERED
 
 T = TypeVar("T")
 
@@ -125,19 +126,6 @@ VOID_UNANSWERED_HOLD = "void-unanswered-hold"
 PAYOUT_POST_UNTIL_ANSWERED = "payout-post-until-answered"
 RECORD_REVIEW_APPROVAL = "record-review-approval"
 
-_QUICK = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=10),
-    # Still failing after ~2.5 minutes is an outage or a bug, not a blip: give up, so the
-    # saga compensates (void, refund) instead of retrying for ever with a card charged.
-    maximum_attempts=20,
-)
-# Backoffs longer than this wait on durable timers instead of holding the workflow task.
-_QUICK_LOCAL_RETRY = timedelta(seconds=1)
-# For a step that must land because nothing can walk it back (the post after a payout).
-_UNTIL_ANSWERED = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
-)
 _GATEWAY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
@@ -358,14 +346,7 @@ class PaymentWorkflow:
                 # no option: the ledger must record it. Until it answers, the payment is
                 # still processing.
                 self._note("post_retried", "the payout left; its post must land")
-                post_id = await workflow.execute_local_activity(
-                    POST_HOLD,
-                    request,
-                    result_type=str,
-                    start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=_UNTIL_ANSWERED,
-                    local_retry_threshold=_QUICK_LOCAL_RETRY,
-                )
+                post_id = await self._quick(POST_HOLD, request, str, retry_policy=UNTIL_ANSWERED)
         except (ActivityError, ApplicationError) as exc:
             code = _business_code(exc)
             if code is None:
@@ -397,14 +378,16 @@ class PaymentWorkflow:
             return source, clearing
         return source, _given(p.destination_account_id, "destination_account_id")
 
-    async def _quick(self, activity: str, arg: object, result_type: type[T]) -> T:
+    async def _quick(
+        self, activity: str, arg: object, result_type: type[T], *, retry_policy: RetryPolicy = QUICK
+    ) -> T:
         result: T = await workflow.execute_local_activity(
             activity,
             arg,
             result_type=result_type,
             start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=_QUICK,
-            local_retry_threshold=_QUICK_LOCAL_RETRY,
+            retry_policy=retry_policy,
+            local_retry_threshold=LOCAL_RETRY_THRESHOLD,
         )
         return result
 

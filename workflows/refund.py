@@ -63,22 +63,13 @@ with workflow.unsafe.imports_passed_through():
     # Shared, not re-imported into every run's sandbox (a module import per payment
     # was a measurable share of the worker's CPU).
     from workflows.notification import announce
+    from workflows.retries import LOCAL_RETRY_THRESHOLD, QUICK, UNTIL_ANSWERED
 
 LEDGER_CODES = {cls.__name__: code for code, cls in LEDGER_ERRORS.items()}
 STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
 
-_QUICK = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=20,  # then the refund fails and its reservation is released
-)
-# For the steps nothing can walk back: the void that gives the money back, the post after
-# the card got its refund.
-_UNTIL_ANSWERED = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
-)
-# Backoffs longer than this wait on durable timers instead of holding the workflow task.
-_LOCAL_RETRY = timedelta(seconds=1)
+# The final record: retried until it lands (the refund's outcome is settled by then).
+_RECORD = RetryPolicy(maximum_interval=timedelta(seconds=30))
 # Refunds started before this saga resolved every hold itself kept the old bounded hold.
 HOLD_TIMEOUT_SECONDS = 24 * 3600
 RESOLVES_ITS_HOLD = "refund-resolves-its-hold"
@@ -107,8 +98,8 @@ class RefundWorkflow:
                 ),
                 result_type=str,
                 start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=_QUICK,
-                local_retry_threshold=_LOCAL_RETRY if self._resolves_hold else None,
+                retry_policy=QUICK,
+                local_retry_threshold=self._local_retry_threshold(),
             )
         except (ActivityError, ApplicationError) as exc:
             # A local activity's failure arrives as the ApplicationError itself.
@@ -167,9 +158,13 @@ class RefundWorkflow:
             activity,
             arg,
             start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=_UNTIL_ANSWERED if self._resolves_hold else _QUICK,
-            local_retry_threshold=_LOCAL_RETRY if self._resolves_hold else None,
+            retry_policy=UNTIL_ANSWERED if self._resolves_hold else QUICK,
+            local_retry_threshold=self._local_retry_threshold(),
         )
+
+    def _local_retry_threshold(self) -> timedelta | None:
+        # Refunds started before the patch kept the SDK's default (None) in their history.
+        return LOCAL_RETRY_THRESHOLD if self._resolves_hold else None
 
     async def _finish(
         self, status: str, failure_code: str | None, reference: str | None
@@ -182,17 +177,14 @@ class RefundWorkflow:
                 record,
                 result_type=RefundOutcome,
                 start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                retry_policy=_RECORD,
             )
         else:
-            status_after: str = await workflow.execute_local_activity(
-                RECORD_REFUND,
-                record,
-                result_type=str,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
-            )
             # What these refunds' events always said: the refund's own amount for both.
+            status_after: str = await workflow.execute_local_activity(
+                RECORD_REFUND, record, result_type=str,
+                start_to_close_timeout=timedelta(seconds=10), retry_policy=_RECORD,
+            )  # fmt: skip
             outcome = RefundOutcome(status_after, r.amount, r.amount)
         payment_status = outcome.payment_status
         workflow.upsert_search_attributes([STATUS.value_set(payment_status)])
