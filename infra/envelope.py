@@ -27,6 +27,7 @@ that has no data key yet, or an envelope whose key it never unwrapped, needs Vau
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import threading
@@ -71,6 +72,37 @@ class _DataKey:
     version: int
     created: float
     uses: int = 0
+    # What every envelope under this key shares, built at its first use: the AEAD, the
+    # header as associated data, and the envelope's text up to the nonce.
+    sealing: _Sealing | None = None
+
+
+@dataclass(frozen=True)
+class _Sealing:
+    aead: AESGCM
+    aad: bytes
+    prefix: str
+
+
+def _header(key_name: str, version: object, wrapped: str) -> dict[str, object]:
+    return {"v": 1, "alg": ALGORITHM, "kid": key_name, "kv": version, "dk": wrapped}
+
+
+def _aad(header: dict[str, object]) -> bytes:
+    return json.dumps(header, sort_keys=True).encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _known_aad(key_name: str, version: int, wrapped: str) -> bytes:
+    return _aad(_header(key_name, version, wrapped))
+
+
+def _sealing(key: _DataKey, key_name: str) -> _Sealing:
+    header = _header(key_name, key.version, key.wrapped)
+    # The envelope is this header followed by "iv" and "ct", in one compact JSON object;
+    # both are base64url, which JSON carries unescaped.
+    prefix = json.dumps(header, separators=(",", ":"))[:-1] + ',"iv":"'
+    return _Sealing(AESGCM(key.plaintext), _aad(header), prefix)
 
 
 def _within_grace(key: _DataKey, now: float) -> bool:
@@ -112,7 +144,8 @@ class EnvelopeCipher:
         self._current: _DataKey | None = None
         self._asking = False  # a thread is asking Vault for a new data key
         self._vault_retry_at = 0.0  # after Vault failed to answer: not asked again before
-        self._unwrapped: OrderedDict[str, bytes] = OrderedDict()
+        # Unwrapped data keys, ready to decrypt, by their wrapped form.
+        self._unwrapped: OrderedDict[str, AESGCM] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -154,7 +187,7 @@ class EnvelopeCipher:
         with self._lock:
             self._vault_retry_at = 0.0
             self._current = fresh
-            self._remember(fresh.wrapped, fresh.plaintext)
+            self._remember(fresh.wrapped, AESGCM(fresh.plaintext))
             fresh.uses += 1
             return fresh
 
@@ -173,13 +206,13 @@ class EnvelopeCipher:
             created=time.monotonic(),
         )
 
-    def _remember(self, wrapped: str, plaintext: bytes) -> None:
-        self._unwrapped[wrapped] = plaintext
+    def _remember(self, wrapped: str, aead: AESGCM) -> None:
+        self._unwrapped[wrapped] = aead
         self._unwrapped.move_to_end(wrapped)
         while len(self._unwrapped) > self._cache_size:
             self._unwrapped.popitem(last=False)
 
-    def _unwrap(self, wrapped: str, *, local_only: bool = False) -> bytes:
+    def _unwrap(self, wrapped: str, *, local_only: bool = False) -> AESGCM:
         with self._lock:
             cached = self._unwrapped.get(wrapped)
             if cached is not None:
@@ -195,22 +228,23 @@ class EnvelopeCipher:
             raise KeyServiceUnavailable(f"Vault could not be asked to unwrap: {exc}") from exc
         except hvac.exceptions.VaultError as exc:
             raise EnvelopeError(f"Vault could not unwrap the data key: {exc}") from exc
-        plaintext = base64.b64decode(response["data"]["plaintext"])
+        aead = AESGCM(base64.b64decode(response["data"]["plaintext"]))
         with self._lock:
-            self._remember(wrapped, plaintext)
-        return plaintext
+            self._remember(wrapped, aead)
+        return aead
 
     def encrypt(self, plaintext: bytes, *, local_only: bool = False) -> bytes:
         """The envelope of ``plaintext``. ``local_only``: raise ``KeyNotAtHand`` rather
         than call Vault, so a caller on an event loop can do the common case in place."""
         key = self._data_key(local_only=local_only)
-        header = {"v": 1, "alg": ALGORITHM, "kid": self._key_name, "kv": key.version,
-                  "dk": key.wrapped}  # fmt: skip
+        # Every payload of every workflow comes through here: what depends only on the key
+        # is built once per key (two JSON dumps and the AEAD were most of the cost).
+        sealing = key.sealing
+        if sealing is None:
+            sealing = key.sealing = _sealing(key, self._key_name)
         nonce = os.urandom(12)
-        aad = json.dumps(header, sort_keys=True).encode()
-        ciphertext = AESGCM(key.plaintext).encrypt(nonce, plaintext, aad)
-        envelope = {**header, "iv": _b64(nonce), "ct": _b64(ciphertext)}
-        return json.dumps(envelope, separators=(",", ":")).encode()
+        ciphertext = sealing.aead.encrypt(nonce, plaintext, sealing.aad)
+        return f'{sealing.prefix}{_b64(nonce)}","ct":"{_b64(ciphertext)}"}}'.encode()
 
     def decrypt(self, envelope: bytes, *, local_only: bool = False) -> bytes:
         try:
@@ -221,9 +255,13 @@ class EnvelopeCipher:
             raise EnvelopeError("not an envelope") from exc
         if header["v"] != 1 or header["alg"] != ALGORITHM or header["kid"] != self._key_name:
             raise EnvelopeError(f"unsupported envelope {header['alg']}/{header['kid']}")
-        key = self._unwrap(header["dk"], local_only=local_only)
-        aad = json.dumps(header, sort_keys=True).encode()
+        aead = self._unwrap(header["dk"], local_only=local_only)
+        kv, dk = header["kv"], header["dk"]
+        # The usual header (an int version, the literal 1) has its associated data cached;
+        # any other spelling is bound as written, so it does not authenticate.
+        usual = type(header["v"]) is int and type(kv) is int and type(dk) is str
+        aad = _known_aad(self._key_name, kv, dk) if usual else _aad(header)
         try:
-            return AESGCM(key).decrypt(nonce, ciphertext, aad)
+            return aead.decrypt(nonce, ciphertext, aad)
         except Exception as exc:  # InvalidTag: tampered ciphertext or header
             raise EnvelopeError("envelope does not authenticate") from exc

@@ -34,6 +34,7 @@ ENCODING = b"binary/bfc-envelope"
 class EnvelopePayloadCodec(PayloadCodec):
     def __init__(self, cipher: EnvelopeCipher) -> None:
         self._cipher = cipher
+        self._key_name = cipher.key_name.encode()
 
     # In place when the data key is at hand (AES-GCM on a payload takes microseconds);
     # in a thread only when Vault must be asked (a new data key, an uncached one). Every
@@ -53,7 +54,7 @@ class EnvelopePayloadCodec(PayloadCodec):
     def _encode_all(self, payloads: Sequence[Payload], local_only: bool = False) -> list[Payload]:
         return [
             Payload(
-                metadata={"encoding": ENCODING, "bfc-key": self._cipher.key_name.encode()},
+                metadata={"encoding": ENCODING, "bfc-key": self._key_name},
                 data=self._cipher.encrypt(payload.SerializeToString(), local_only=local_only),
             )
             for payload in payloads

@@ -64,9 +64,19 @@ def test_envelopes_round_trip_and_refuse_tampering(settings: Settings) -> None:
     assert b"Lindqvist" not in envelope
     assert fresh_cipher(settings).decrypt(envelope) == secret  # a cold cache asks Vault
 
-    tampered = json.dumps({**document, "kv": document["kv"] + 1}).encode()
-    with pytest.raises(EnvelopeError):
-        cipher.decrypt(tampered)
+    # The documented layout, compact: the header, then nonce and ciphertext.
+    assert list(document) == ["v", "alg", "kid", "kv", "dk", "iv", "ct"]
+    assert envelope == json.dumps(document, separators=(",", ":")).encode()
+
+    # The header is bound as written: another version, or the same values spelled
+    # otherwise, does not authenticate (the cached associated data is only for the usual
+    # spelling).
+    kv = document["kv"]
+    for changed in ({"kv": kv + 1}, {"kv": str(kv)}, {"kv": float(kv)}, {"v": True}):
+        tampered = json.dumps({**document, **changed}).encode()
+        with pytest.raises(EnvelopeError, match="does not authenticate"):
+            cipher.decrypt(tampered)
+    assert cipher.decrypt(json.dumps(document).encode()) == secret  # spacing is not bound
 
 
 def test_local_only_never_asks_vault_and_says_when_it_would_have_to(settings: Settings) -> None:

@@ -102,6 +102,29 @@ def test_a_cached_key_verifies_without_keycloak_until_its_lifespan_ends(
         fresh.verify(token, local_only=True)
 
 
+def test_a_token_that_verified_is_answered_from_memory_until_it_expires(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = TokenVerifier(settings)
+    token = password_login(settings, "bob", "dev-bob")
+    first = fresh.verify(token)
+
+    def no_second_check(*_: object, **__: object) -> None:
+        raise jwt.InvalidTokenError("checked again")
+
+    monkeypatch.setattr("infra.keycloak.jwt.decode", no_second_check)
+    assert fresh.verify(token, local_only=True) is first  # not decoded again
+    other = password_login(settings, "bob", "dev-bob")
+    with pytest.raises(InvalidToken, match="checked again"):  # another token is checked
+        fresh.verify(other, local_only=True)
+
+    # Past its expiry (and the leeway) the token is not taken from memory.
+    expired_at = first.claims["exp"] + settings.keycloak_leeway_seconds + 1
+    monkeypatch.setattr("infra.keycloak.time.time", lambda: expired_at)
+    with pytest.raises(InvalidToken, match="checked again"):
+        fresh.verify(token, local_only=True)
+
+
 @pytest.mark.lifecycle  # stops Keycloak: runs with the fault tests, last
 async def test_with_keycloak_away_a_known_key_still_verifies_and_an_unknown_one_is_a_503(
     stack: Stack, settings: Settings, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
