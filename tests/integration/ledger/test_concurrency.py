@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
 
 from infra.ledger_group_commit import GroupCommitter
 from infra.ledger_store import LedgerStore, create_ledger_pool
@@ -126,6 +130,48 @@ async def test_the_same_request_sent_twice_at_once_moves_money_once(
     results = await asyncio.gather(*(ledger.create_transfer(request) for _ in range(10)))
     assert len({r.seq for r in results}) == 1
     assert await accounts.available(bob) == 400
+
+
+async def _submit(conn: psycopg.AsyncConnection[Any], payload: Jsonb) -> dict[str, Any]:
+    cur = await conn.execute("SELECT ledger_submit(%s)", (payload,))
+    row = await cur.fetchone()
+    assert row is not None
+    answer: dict[str, Any] = row[0]
+    return answer
+
+
+async def test_an_id_refused_while_its_retry_waits_stays_refused(
+    settings: Settings, accounts: AccountFactory
+) -> None:
+    """One transfer id sent twice at once (a retry after a timeout): the first is refused
+    for want of funds, money arrives, then the second runs. It must answer the refusal,
+    not apply the id the first caller was told was refused."""
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    payload = Jsonb([accounts.move(alice, bob, 100, name="retried").as_json()])
+    s = settings
+    conninfo = (
+        f"host={s.postgres_host} port={s.postgres_port} dbname={s.postgres_db} "
+        f"user={s.postgres_user}"
+    )
+    async with (
+        await psycopg.AsyncConnection.connect(conninfo) as first,
+        await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as second,
+    ):
+        refused = await _submit(first, payload)  # its transaction stays open
+        assert refused["code"] == "insufficient_funds"
+        await accounts.fund(alice, 1_000)
+        retry = asyncio.create_task(_submit(second, payload))
+        await asyncio.sleep(1.0)
+        assert not retry.done(), f"answered before the first outcome was committed: {retry}"
+        await first.commit()
+        answer = await asyncio.wait_for(retry, timeout=10)
+    assert (answer["ok"], answer["code"], answer["replayed"]) == (
+        False,
+        "insufficient_funds",
+        True,
+    )
+    assert await accounts.available(bob) == 0
 
 
 async def test_a_request_whose_caller_gave_up_is_not_sent_later(
