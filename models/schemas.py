@@ -9,7 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
 
 from models.ledger import Account, AccountKind, Entry, Transfer, TransferKind, TrialBalanceLine
 from models.money import MAX_AMOUNT_MINOR, validate_currency
@@ -29,6 +37,14 @@ class AccountCreate(_Body):
     code: str = Field(min_length=1, max_length=60, pattern=r"^[a-z][a-z0-9_]*$")
     debits_must_not_exceed_credits: bool = False
     credits_must_not_exceed_debits: bool = False
+
+    @field_validator("credits_must_not_exceed_debits")
+    @classmethod
+    def _one_limit(cls, limited: bool, info: ValidationInfo) -> bool:
+        # An account with both limits could never move (the ledger's CHECK refuses it too).
+        if limited and info.data.get("debits_must_not_exceed_credits"):
+            raise ValueError("an account takes one balance limit at most")
+        return limited
 
 
 class BalancePublic(BaseModel):
@@ -110,7 +126,7 @@ class TransferLeg(_Body):
     amount: AmountMinor | None = None
     currency: Currency | None = None
     pending_id: str | None = Field(default=None, max_length=128)
-    timeout_seconds: int | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    timeout_seconds: StrictInt | None = Field(default=None, gt=0, le=30 * 24 * 3600)
 
 
 class ManualTransferCreate(_Body):

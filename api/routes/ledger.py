@@ -74,7 +74,12 @@ async def create_manual_transfer(
 ) -> TransferBatchPublic:
     """A manual adjustment: one transfer, or a linked batch that moves all or nothing."""
     prefix = f"man_{_key_digest('transfer', key)}"
-    metadata = {"reason": body.reason, "requested_by": principal.subject}
+    # Each leg carries a digest of the whole request, so the ledger's per-transfer replay
+    # check sees a different batch under the same key (a leg left out or changed) as a
+    # different request: 409, never a replay of part of the first batch.
+    request_digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()[:32]
+    metadata = {"reason": body.reason, "requested_by": principal.subject,
+                "request": request_digest}  # fmt: skip
     requests = [
         TransferRequest(id=f"{prefix}_{i}", metadata=metadata, **leg.model_dump())
         for i, leg in enumerate(body.transfers)

@@ -165,6 +165,73 @@ async def test_a_manual_transfer_is_idempotent_and_audited(
     ]
 
 
+async def test_another_batch_under_the_same_key_is_a_conflict_not_a_replay(
+    api: httpx.AsyncClient, logins: Logins
+) -> None:
+    wallet = await open_wallet(api, logins, "alice")
+    clearing = await open_clearing(api, logins)
+    headers = logins.headers("olivia", **{"Idempotency-Key": key()})
+    both = [leg(clearing, wallet, 1_000), leg(clearing, wallet, 200)]
+    first = await api.post(
+        "/v1/ledger/transfers", headers=headers, json={"transfers": both, "reason": "two legs"}
+    )
+    assert first.status_code == 201, first.text
+    # The first leg alone, then the batch with its second leg changed: other requests.
+    for transfers in ([both[0]], [both[0], leg(clearing, wallet, 300)]):
+        other = await api.post(
+            "/v1/ledger/transfers", headers=headers,
+            json={"transfers": transfers, "reason": "two legs"},
+        )  # fmt: skip
+        assert other.status_code == 409, other.text
+        assert other.json()["code"] == "idempotency_key_reused"
+
+    # A refused batch: a corrected second leg under its key is not answered with the
+    # first refusal either.
+    refused_key = logins.headers("olivia", **{"Idempotency-Key": key()})
+    overdraw = [leg(clearing, wallet, 100), leg(wallet, clearing, 10**9)]
+    refused = await api.post(
+        "/v1/ledger/transfers", headers=refused_key,
+        json={"transfers": overdraw, "reason": "overdraw"},
+    )  # fmt: skip
+    assert refused.json()["code"] == "insufficient_funds"
+    corrected = await api.post(
+        "/v1/ledger/transfers", headers=refused_key,
+        json={"transfers": [overdraw[0], leg(wallet, clearing, 50)], "reason": "overdraw"},
+    )  # fmt: skip
+    assert (corrected.status_code, corrected.json()["code"]) == (409, "idempotency_key_reused")
+    account = await api.get(f"/v1/accounts/{wallet['id']}", headers=logins.headers("alice"))
+    assert account.json()["balance"]["posted"] == 1_200
+
+
+async def test_an_account_takes_one_balance_limit_at_most(
+    api: httpx.AsyncClient, logins: Logins
+) -> None:
+    response = await api.post(
+        "/v1/ledger/accounts",
+        headers=logins.headers("admin", **{"Idempotency-Key": key()}),
+        json={"currency": "EUR", "kind": "asset", "owner": "platform", "code": "both_limits",
+              "debits_must_not_exceed_credits": True, "credits_must_not_exceed_debits": True},
+    )  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["credits_must_not_exceed_debits"]
+
+
+@pytest.mark.parametrize("timeout", [True, "60", 60.0])
+async def test_a_hold_timeout_is_whole_seconds(
+    api: httpx.AsyncClient, logins: Logins, timeout: object
+) -> None:
+    wallet = await open_wallet(api, logins, "bob")
+    clearing = await open_clearing(api, logins)
+    pending = {**leg(clearing, wallet, 100), "kind": "pending", "timeout_seconds": timeout}
+    response = await api.post(
+        "/v1/ledger/transfers",
+        headers=logins.headers("admin", **{"Idempotency-Key": key()}),
+        json={"transfers": [pending], "reason": "a hold"},
+    )
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["transfers.0.timeout_seconds"]
+
+
 async def test_the_ledger_refusal_comes_back_as_a_problem(
     api: httpx.AsyncClient, logins: Logins
 ) -> None:
