@@ -48,6 +48,7 @@ from models.ledger import AccountKind, NewAccount
 from models.onboarding import (
     ACTIVATE_CUSTOMER,
     CREATE_APPLICANT_USER,
+    EMAIL_TAKEN,
     GET_KYC_VERIFICATION,
     NOTIFY_APPLICANT,
     RECORD_ONBOARDING,
@@ -69,7 +70,6 @@ WALLET_CODE = "customer_wallet"
 # ApplicationError types the workflow can tell apart (all non-retryable).
 APPLICATION_NOT_FOUND = "ApplicationNotFound"
 DOCUMENT_MISSING = "DocumentMissing"
-EMAIL_TAKEN = "ApplicantEmailTaken"
 KYC_REJECTED = "KycRejected"
 NOTHING_TO_SCREEN = "NothingToScreen"
 

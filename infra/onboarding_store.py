@@ -107,6 +107,14 @@ class ApplicationClosed(BusinessRuleError):
     status = 409
 
 
+class DocumentOnFile(BusinessRuleError):
+    """The application has its identity document (KYC may have verified it): another one
+    would replace what was checked."""
+
+    code = "document_on_file"
+    status = 409
+
+
 class UnknownApplication(LookupError):
     pass
 
@@ -349,6 +357,12 @@ class OnboardingStore:
             if customer is None:  # the foreign key makes this a broken database
                 raise RuntimeError(f"application {onboarding_id} has no customer row")
             data = personal_data_of(session, self._cipher, customer.id)
+            if DOCUMENT not in application["missing"]:
+                if (data.document_type, data.document_number) == (document_type, number):
+                    return _application(application)  # sent again (a retry): on file
+                raise DocumentOnFile(
+                    f"application {onboarding_id} has its identity document already"
+                )
             customer.pii = seal(
                 self._cipher,
                 dataclasses.replace(data, document_type=document_type, document_number=number),
@@ -499,6 +513,7 @@ class OnboardingStore:
 
 __all__ = [
     "ApplicationClosed",
+    "DocumentOnFile",
     "IdempotencyKeyReused",
     "OnboardingStore",
     "StoredApplication",

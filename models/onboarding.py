@@ -36,6 +36,10 @@ ACTIVATE_CUSTOMER = "activate_customer"
 NOTIFY_APPLICANT = "notify_applicant"
 RECORD_ONBOARDING = "record_onboarding"
 
+# The ApplicationError type create_applicant_user raises when another user of the realm
+# has the applicant's email address (Keycloak refuses duplicates): the application ends.
+EMAIL_TAKEN = "ApplicantEmailTaken"
+
 # Signals and the query (names the API uses).
 KYC_VERDICT_SIGNAL = "kyc_verdict"
 DOCUMENTS_SUBMITTED_SIGNAL = "documents_submitted"

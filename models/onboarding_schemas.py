@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Literal
 
+from anyascii import anyascii
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from models.schemas import Currency
@@ -47,6 +48,16 @@ class ApplicationCreate(BaseModel):
     address: AddressIn
     document: DocumentIn | None = None
     currency: Currency
+
+    @field_validator("given_name", "family_name")
+    @classmethod
+    def _screenable(cls, name: str) -> str:
+        # Sanctions screening compares names as ASCII words (infra/sanctions.py): a name
+        # with no letter or digit in any script would leave nothing to screen, and the
+        # application would fail after its user was created.
+        if not any(ch.isascii() and ch.isalnum() for ch in anyascii(name)):
+            raise ValueError("a name needs at least one letter or digit")
+        return name
 
     @field_validator("date_of_birth")
     @classmethod

@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         CANCEL_SIGNAL,
         CREATE_APPLICANT_USER,
         DOCUMENTS_SUBMITTED_SIGNAL,
+        EMAIL_TAKEN,
         GET_APPLICATION_QUERY,
         GET_KYC_VERIFICATION,
         KYC_VERDICT_SIGNAL,
@@ -208,7 +209,15 @@ class OnboardingWorkflow:
                 return await self._end("expired", "documents_not_received")
 
         self._waiting_for("the applicant's user in the identity directory")
-        self._state.user_id = await self._ours(CREATE_APPLICANT_USER, self._ref(), str)
+        try:
+            self._state.user_id = await self._ours(CREATE_APPLICANT_USER, self._ref(), str)
+        except ActivityError as exc:
+            if _failure(exc) != EMAIL_TAKEN:
+                raise
+            # Another user of the realm has this address (an earlier application of the
+            # same person, say): no user can be made for this one, so it ends here rather
+            # than failing with its row left open.
+            return await self._end("rejected", "email_in_use")
         if self._canceled():
             return await self._end("canceled", "canceled")
 

@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal, require_role
 from api.deps import (
@@ -25,7 +26,7 @@ from api.deps import (
     require_idempotency_key,
     temporal_or_503,
 )
-from api.errors import ProblemError
+from api.errors import ProblemError, unavailable
 from api.onboarding_starter import ApplicationStarter
 from api.workflow_calls import live_view
 from infra.onboarding_store import OnboardingStore, StoredApplication
@@ -243,7 +244,22 @@ async def _signal(
 ) -> ApplicationPublic | ApplicationForStaff:
     application = await _open_application(request, principal, onboarding_id)
     client = temporal_or_503(temporal)
-    await client.get_workflow_handle(onboarding_id).signal(name, arg)
+    try:
+        await client.get_workflow_handle(onboarding_id).signal(name, arg)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise  # Temporal away: 503 (api.errors)
+        if application.saga_started_at is None:
+            # Accepted while Temporal was away: the API's sweep starts it shortly.
+            raise unavailable(
+                "onboarding_not_started", "The application has not started yet",
+                "its workflow starts within moments; send the request again",
+            ) from exc  # fmt: skip
+        # Its workflow ended without a decision on the row (an operator terminated it).
+        raise ProblemError(
+            409, "onboarding_closed", "The application is closed",
+            f"application {onboarding_id} is no longer running",
+        ) from exc  # fmt: skip
     return _view(principal, application, await _live(client, application))
 
 

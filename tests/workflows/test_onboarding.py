@@ -36,6 +36,7 @@ from infra.temporal import platform_data_converter
 from models.onboarding import (
     ACTIVATE_CUSTOMER,
     CREATE_APPLICANT_USER,
+    EMAIL_TAKEN,
     GET_KYC_VERIFICATION,
     NOTIFY_APPLICANT,
     RECORD_ONBOARDING,
@@ -121,6 +122,8 @@ class Applicants:
     # What each poll answers, in order; then "pending".
     poll_script: list[str] = field(default_factory=list)
     screening: ScreeningSummary = CLEAN
+    # When set, create_applicant_user refuses: another user has the applicant's email.
+    email_taken: bool = False
     # When set, activate_customer waits here (the saga sits in the activation).
     activation_gate: asyncio.Event | None = None
     activation_entered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -146,6 +149,9 @@ class Applicants:
 
     @activity.defn(name=CREATE_APPLICANT_USER)
     async def create_applicant_user(self, ref: ApplicantRef) -> str:
+        if self.email_taken:
+            raise ApplicationError("the address belongs to user kc-other", type=EMAIL_TAKEN,
+                                   non_retryable=True)  # fmt: skip
         self.users.append(ref)
         return self.user_id(ref.customer_id)
 
@@ -415,6 +421,21 @@ async def test_cancel_while_documents_are_missing(world: Applicants) -> None:
 
 
 # ---- the KYC provider: callback, silence, polling ----------------------------------------
+
+
+async def test_an_email_another_user_has_ends_the_application_rejected(
+    world: Applicants,
+) -> None:
+    """Keycloak refuses a second user with one address (an earlier application of the same
+    person): the application ends, recorded and the applicant told, not failed half-open."""
+    world.email_taken = True
+    handle, _ = await world.apply(application())
+    state = await finished(world, handle)
+    assert (state.status, state.decision_reason) == ("rejected", "email_in_use")
+    assert world.users == [] and world.kyc_starts == [] and world.activations == []
+    assert world.kinds() == [("rejected", 0)]
+    assert world.statuses() == ["received", "rejected"]
+    assert await attributes(handle) == ("rejected", None)
 
 
 async def test_provider_silence_polls_then_goes_to_review(world: Applicants) -> None:

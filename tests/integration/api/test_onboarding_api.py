@@ -239,6 +239,7 @@ async def test_a_document_sent_while_temporal_is_down_continues_the_application_
 async def test_a_document_for_a_terminated_workflow_does_not_hold_up_the_sweep(
     api: httpx.AsyncClient,
     app_headers: dict[str, str],
+    logins: Logins,
     temporal: Client,
     engine: Engine,
     cipher: EnvelopeCipher,
@@ -258,6 +259,14 @@ async def test_a_document_for_a_terminated_workflow_does_not_hold_up_the_sweep(
     store = OnboardingStore(engine, cipher)
     stored = await asyncio.to_thread(store.get, onboarding_id)
     assert stored is not None and stored.documents_unsignalled_since is not None
+    # Its workflow is gone: a cancel or a reminder says so, not a 500.
+    for path, body_json in (("cancel", {"reason": "test"}), ("reminders", None)):
+        refused = await api.post(
+            f"/v1/onboarding/{onboarding_id}/{path}", json=body_json,
+            headers=logins.headers("olivia"),
+        )  # fmt: skip
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["code"] == "onboarding_closed"
     # The sweep finds no workflow to tell and lets the mark go, rather than trying it
     # first in every pass, ahead of every other application's documents, for good.
     deadline = asyncio.get_running_loop().time() + 30
@@ -400,6 +409,20 @@ async def test_documents_sent_later_continue_the_application(
     assert sent.status_code == 202, sent.text
     case = await wait_status(api, logins.headers("carol"), onboarding_id, {"in_review"} | TERMINAL)
     assert (case["status"], case["kyc_verdict"]) == ("in_review", "needs_manual_check"), case
+    # The document was checked: sent again (a retry) it is accepted, another one is not.
+    resent = await api.post(
+        f"/v1/onboarding/{onboarding_id}/documents",
+        json={"type": "passport", "number": f"MANUAL{unique[:6].upper()}"},
+        headers=app_headers,
+    )
+    assert resent.status_code == 202, resent.text
+    other = await api.post(
+        f"/v1/onboarding/{onboarding_id}/documents",
+        json={"type": "passport", "number": "FORGED999"},
+        headers=app_headers,
+    )
+    assert other.status_code == 409, other.text
+    assert other.json()["code"] == "document_on_file"
     canceled = await api.post(
         f"/v1/onboarding/{onboarding_id}/cancel",
         json={"reason": "test over"},
@@ -431,6 +454,15 @@ async def test_idempotent_applications_and_refusals(
         headers={**app_headers, "Idempotency-Key": str(uuid.uuid4())},
     )
     assert young.status_code == 422 and young.json()["errors"][0]["field"] == "date_of_birth"
+    # A name with no letter or digit leaves sanctions screening nothing to compare.
+    for field, name in (("given_name", " "), ("family_name", "-")):
+        unscreenable = await api.post(
+            "/v1/onboarding",
+            json={**body, field: name},
+            headers={**app_headers, "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert unscreenable.status_code == 422, unscreenable.text
+        assert [e["field"] for e in unscreenable.json()["errors"]] == [field]
     customer = await api.post("/v1/onboarding", json=body, headers=logins.headers("alice"))
     assert customer.status_code == 403
     # Another party's application is not there for bob, nor for another app's token.
