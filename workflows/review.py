@@ -126,7 +126,11 @@ class ComplianceReviewWorkflow:
                     timeout_summary=f"SLA: {what} due {self._due_at.isoformat()}",
                 )
             except TimeoutError:
-                if number < len(stages):
+                if self._outcome is not None:
+                    # Decided in the activation the deadline came in (the SDK can deliver
+                    # both at once): the decision stands.
+                    pass
+                elif number < len(stages):
                     self._escalations += 1
                     self._status = "escalated"
                     await self._record("sla", "review.escalated", level=self._escalations)

@@ -41,7 +41,7 @@ Officer = Annotated[Principal, require_role("compliance_officer")]
 Reader = Annotated[Principal, require_role("compliance_officer", "operator")]
 
 OPEN_STATUSES = ("open", "escalated", "info_requested")
-QUEUE_LIMIT = 1000  # the queue is read whole and sorted by due time; far above a real backlog
+CLOSED_STATUSES = ("approved", "rejected")
 _REFUSALS = {
     "NotAnOfficer": (403, "not_an_officer"),
     "OwnCase": (403, "own_case"),
@@ -93,19 +93,28 @@ async def list_reviews(  # noqa: PLR0917 - FastAPI passes query parameters by na
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,6}$")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ReviewQueue:
-    """The queue, oldest due first (from Temporal visibility)."""
+    """Open cases, the earliest due first; or closed (decided) cases, the newest first.
+    From Temporal visibility."""
     client = temporal_or_503(temporal)
-    statuses = OPEN_STATUSES if status == "open" else ("approved", "rejected")
+    start = int(cursor or 0)
+    statuses: tuple[str, ...]
+    if status == "open":
+        # Running only: a case withdrawn with its payment keeps its last ReviewStatus. All
+        # of them: visibility lists the newest first, so a bound would drop the most overdue.
+        statuses, execution_status, read = OPEN_STATUSES, "Running", None
+    else:
+        # A decided case's workflow has completed. Newest first, as visibility lists them;
+        # only as many as this page needs (closed cases accumulate without end).
+        statuses, execution_status, read = CLOSED_STATUSES, "Completed", start + limit + 1
     wanted = ", ".join(f"'{name}'" for name in statuses)
-    # Running only: a case withdrawn with its payment keeps its last ReviewStatus.
     query = (
-        f"WorkflowType = '{REVIEW_WORKFLOW}' AND ExecutionStatus = 'Running' "
+        f"WorkflowType = '{REVIEW_WORKFLOW}' AND ExecutionStatus = '{execution_status}' "
         f"AND ReviewStatus IN ({wanted})"
     )
     if kind is not None:
         query += f" AND ReviewKind = '{kind}'"
     cases: list[ReviewSummary] = []
-    async for execution in client.list_workflows(query, limit=QUEUE_LIMIT):
+    async for execution in client.list_workflows(query, limit=read):
         attributes = execution.typed_search_attributes
         cases.append(
             ReviewSummary(
@@ -117,10 +126,14 @@ async def list_reviews(  # noqa: PLR0917 - FastAPI passes query parameters by na
                 escalations=attributes.get(SearchAttributeKey.for_int("ReviewEscalations")),
             )
         )
-    cases.sort(
-        key=lambda c: (c.due_at is None, c.due_at or datetime.max.replace(tzinfo=UTC), c.review_id)
-    )
-    start = int(cursor or 0)
+    if status == "open":
+        cases.sort(
+            key=lambda c: (
+                c.due_at is None,
+                c.due_at or datetime.max.replace(tzinfo=UTC),
+                c.review_id,
+            )
+        )
     page = cases[start : start + limit]
     more = start + limit < len(cases)
     return ReviewQueue(data=page, next_cursor=str(start + limit) if more else None)
@@ -179,7 +192,11 @@ async def decide(
 ) -> ReviewState:
     """Approve, reject or ask for information; answers with the case after the decision."""
     request = DecideInput(actor=_actor(principal), reason=body.reason)
-    return await _update(temporal_or_503(temporal), review_id, body.decision, request, key)
+    # The key becomes the update's id, which the case de-duplicates: scoped to the caller
+    # (as every key of ours is), or a second officer who happened to send the same key
+    # would be answered with the first one's decision and have their own dropped.
+    update_id = f"{principal.subject}:{key}" if key else None
+    return await _update(temporal_or_503(temporal), review_id, body.decision, request, update_id)
 
 
 @router.post("/{review_id}/assign", response_model=None)

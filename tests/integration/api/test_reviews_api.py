@@ -90,9 +90,13 @@ async def test_two_officers_decide_a_four_eyes_case(
 
     path = f"/v1/reviews/{review_id}/decision"
     approve = {"decision": "approve", "reason": "source of funds verified"}
-    first = await api.post(path, json=approve, headers=logins.headers("carol"))
+    # Both officers happen to send the same Idempotency-Key: keys are each caller's own.
+    same_key = {"Idempotency-Key": f"decide-{review_id}"}
+    first = await api.post(path, json=approve, headers=logins.headers("carol") | same_key)
     assert first.status_code == 200, first.text
     assert (first.json()["status"], len(first.json()["approvals"])) == ("open", 1)
+    replayed = await api.post(path, json=approve, headers=logins.headers("carol") | same_key)
+    assert (replayed.status_code, len(replayed.json()["approvals"])) == (200, 1)
 
     again = await api.post(path, json=approve, headers=logins.headers("carol"))
     assert again.status_code == 409
@@ -102,11 +106,25 @@ async def test_two_officers_decide_a_four_eyes_case(
     customer = await api.get("/v1/reviews", headers=logins.headers("alice"))
     assert customer.status_code == 403
 
-    second = await api.post(path, json=approve, headers=logins.headers("cora"))
+    second = await api.post(path, json=approve, headers=logins.headers("cora") | same_key)
     assert second.status_code == 200
     assert second.json()["status"] == "approved"
+    assert len(second.json()["approvals"]) == 2
     outcome = await temporal.get_workflow_handle(review_id).result()
     assert outcome["outcome"] == "approved"
+
+    # Decided, the case leaves the open queue for the closed list.
+    for _ in range(50):
+        closed = await api.get(
+            "/v1/reviews", params={"status": "closed"}, headers=logins.headers("olivia")
+        )
+        assert closed.status_code == 200, closed.text
+        if review_id in {c["review_id"] for c in closed.json()["data"]}:
+            break
+        await asyncio.sleep(0.2)
+    assert {c["review_id"]: c["status"] for c in closed.json()["data"]}[review_id] == "approved"
+    queue = await api.get("/v1/reviews", headers=logins.headers("olivia"))
+    assert review_id not in {c["review_id"] for c in queue.json()["data"]}
 
     late = await api.post(path, json=approve, headers=logins.headers("cora"))
     assert late.status_code == 409
