@@ -17,7 +17,9 @@ NOTIFY_SUPERVISORS = "notify_supervisors"
 ReviewKind = Literal["payment", "onboarding"]
 Decision = Literal["approve", "reject", "request_info"]
 Outcome = Literal["approved", "rejected"]
-ReviewStatusName = Literal["open", "info_requested", "escalated", "approved", "rejected"]
+ReviewStatusName = Literal[
+    "open", "info_requested", "escalated", "approved", "rejected", "withdrawn"
+]
 
 OFFICER_ROLE = "compliance_officer"
 SUPERVISOR_ROLE = "admin"  # may assign cases to other officers

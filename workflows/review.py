@@ -20,6 +20,7 @@ ReviewDueAt, ReviewEscalations. Current details say what the case waits for.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -53,6 +54,8 @@ DUE_AT = SearchAttributeKey.for_datetime("ReviewDueAt")
 ESCALATIONS = SearchAttributeKey.for_int("ReviewEscalations")
 
 _AUDIT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+# workflow.patched id: a case withdrawn with its payment or application records that.
+RECORD_WITHDRAWAL = "record-review-withdrawal"
 
 
 class Refused:
@@ -109,6 +112,18 @@ class ComplianceReviewWorkflow:
     # -- the case's life ------------------------------------------------------------------
     @workflow.run
     async def run(self, case: OpenReviewInput) -> ReviewOutcome:
+        try:
+            return await self._run(case)
+        except asyncio.CancelledError:
+            # The payment or application the case is about was canceled and withdrew it.
+            # Cases withdrawn before this was recorded replay without it.
+            if workflow.patched(RECORD_WITHDRAWAL):
+                self._status, self._due_at = "withdrawn", None
+                self._publish()
+                await self._record("parent", "review.withdrawn")
+            raise
+
+    async def _run(self, case: OpenReviewInput) -> ReviewOutcome:
         opened = workflow.now()
         stages = [
             (case.sla.first_escalation_seconds, "first escalation"),

@@ -298,6 +298,17 @@ async def cancel_application(
     principal: Operator,
     temporal: TemporalClientDep,
 ) -> ApplicationPublic | ApplicationForStaff:
-    """Cancel an application before it is decided (operators); the reason is recorded."""
+    """Cancel an application before it is decided (operators); who asked and why are
+    audited (``onboarding.cancel_requested``) once the application has been told."""
     arg = CancelApplication(actor=principal.subject, reason=body.reason)
-    return await _signal(request, principal, temporal, onboarding_id, name=CANCEL_SIGNAL, arg=arg)
+    answer = await _signal(request, principal, temporal, onboarding_id, name=CANCEL_SIGNAL, arg=arg)
+    # The workflow records only that it was canceled: the operator and their reason are
+    # here. (After its decision the workflow ignores a cancel; the request is still audited.)
+    await asyncio.to_thread(
+        _store(request).audit,
+        actor=principal.subject,
+        action="onboarding.cancel_requested",
+        subject=onboarding_id,
+        reason=body.reason,
+    )
+    return answer

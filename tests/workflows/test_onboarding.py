@@ -660,6 +660,7 @@ async def test_cancel_during_review_withdraws_the_case(world: Applicants) -> Non
     with pytest.raises(WorkflowFailureError) as withdrawn:
         await world.review(a).result()
     assert isinstance(withdrawn.value.cause, CancelledError)
+    assert [e.action for e in world.review_events] == ["review.opened", "review.withdrawn"]
     assert world.activations == []
     assert world.kinds() == [("canceled", 0)]
     assert await attributes(handle) == ("canceled", "medium")

@@ -417,6 +417,8 @@ async def test_cancel_during_review_withdraws_the_case_and_voids_the_hold(world:
     with pytest.raises(WorkflowFailureError) as withdrawn:
         await review_of(world, p).result()
     assert isinstance(withdrawn.value.cause, CancelledError)  # the case ended, canceled
+    assert [e.action for e in world.review_events] == ["review.opened", "review.withdrawn"]
+    assert world.review_events[-1].details["status"] == "withdrawn"
     assert await announced(world, handle) == [("payment.canceled", None)]
 
 

@@ -17,8 +17,10 @@ import httpx
 import pytest
 from keycloak import KeycloakAdmin
 from sqlalchemy import Engine
+from sqlmodel import Session
 from temporalio.client import Client
 
+from infra.audit import list_audit_events
 from infra.envelope import EnvelopeCipher
 from infra.keycloak import client_credentials_login, password_login
 from infra.onboarding_store import OnboardingStore
@@ -363,6 +365,7 @@ async def test_missing_documents_then_operator_actions(
     app_headers: dict[str, str],
     logins: Logins,
     settings: Settings,
+    engine: Engine,
     unique: str,
 ) -> None:
     body = application(unique, given="Jonas", family="Berg", born="1979-09-09", document=None)
@@ -387,6 +390,13 @@ async def test_missing_documents_then_operator_actions(
     assert canceled.status_code == 202, canceled.text
     final = await wait_status(api, olivia, onboarding_id, TERMINAL)
     assert final["status"] == "canceled"
+    with Session(engine) as session:
+        asked = [
+            (e.actor, e.details.get("reason"))
+            for e in list_audit_events(session, subject=onboarding_id)
+            if e.action == "onboarding.cancel_requested"
+        ]
+    assert asked == [(logins.subject("olivia"), "applicant withdrew")]
     late = await api.post(
         f"/v1/onboarding/{onboarding_id}/documents",
         json={"type": "passport", "number": "CLEAR123"},
