@@ -129,11 +129,34 @@ class TransferLeg(_Body):
     timeout_seconds: StrictInt | None = Field(default=None, gt=0, le=30 * 24 * 3600)
 
 
+# What each kind of leg cannot do without (the ledger refuses it otherwise, as a remembered
+# invalid_transfer naming no field).
+_LEG_NEEDS = {
+    TransferKind.POSTED: ("debit_account_id", "credit_account_id", "amount", "currency"),
+    TransferKind.PENDING: ("debit_account_id", "credit_account_id", "amount", "currency"),
+    TransferKind.POST_PENDING: ("pending_id",),
+    TransferKind.VOID_PENDING: ("pending_id",),
+}
+
+
 class ManualTransferCreate(_Body):
     """A manual adjustment by an operator: one transfer, or several as a linked batch."""
 
     transfers: list[TransferLeg] = Field(min_length=1, max_length=16)
     reason: str = Field(min_length=3, max_length=500, description="why; kept in the audit log")
+
+    def missing_fields(self) -> list[dict[str, str]]:
+        """Each field a leg's kind needs and the leg lacks (one entry per field)."""
+        return [
+            {
+                "field": f"transfers.{i}.{name}",
+                "code": "missing",
+                "message": f"{name} is required for a {leg.kind} transfer",
+            }
+            for i, leg in enumerate(self.transfers)
+            for name in _LEG_NEEDS[leg.kind]
+            if getattr(leg, name) is None
+        ]
 
 
 class TransferPublic(BaseModel):

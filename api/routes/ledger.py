@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Response, status
 
 from api.auth import StaffPrincipal
 from api.deps import LedgerDep
-from api.errors import ProblemError
+from api.errors import ProblemError, invalid_fields
 from infra.ledger_store import AuditNote, ledger_error
 from models.errors import IdempotencyConflict
 from models.ledger import NewAccount, TransferRequest
@@ -73,6 +73,11 @@ async def create_manual_transfer(
     response: Response,
 ) -> TransferBatchPublic:
     """A manual adjustment: one transfer, or a linked batch that moves all or nothing."""
+    missing = body.missing_fields()
+    if missing:
+        # Before the ledger sees it: a refusal there would be remembered under the key, and
+        # the corrected request would then be a conflict.
+        raise invalid_fields(missing)
     prefix = f"man_{_key_digest('transfer', key)}"
     # Each leg carries a digest of the whole request, so the ledger's per-transfer replay
     # check sees a different batch under the same key (a leg left out or changed) as a

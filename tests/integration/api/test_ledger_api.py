@@ -232,6 +232,29 @@ async def test_a_hold_timeout_is_whole_seconds(
     assert [e["field"] for e in response.json()["errors"]] == ["transfers.0.timeout_seconds"]
 
 
+async def test_a_leg_missing_what_its_kind_needs_is_named_and_the_key_stays_free(
+    api: httpx.AsyncClient, logins: Logins
+) -> None:
+    wallet = await open_wallet(api, logins, "bob")
+    clearing = await open_clearing(api, logins)
+    headers = logins.headers("admin", **{"Idempotency-Key": key()})
+    incomplete = {k: v for k, v in leg(clearing, wallet, 100).items() if k != "amount"}
+    legs = [incomplete, {"kind": "void_pending"}]
+    refused = await api.post(
+        "/v1/ledger/transfers", headers=headers, json={"transfers": legs, "reason": "typo"}
+    )
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == [
+        "transfers.0.amount",
+        "transfers.1.pending_id",
+    ]
+    corrected = await api.post(
+        "/v1/ledger/transfers", headers=headers,
+        json={"transfers": [leg(clearing, wallet, 100)], "reason": "typo"},
+    )  # fmt: skip
+    assert corrected.status_code == 201, corrected.text
+
+
 async def test_the_ledger_refusal_comes_back_as_a_problem(
     api: httpx.AsyncClient, logins: Logins
 ) -> None:
