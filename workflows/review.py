@@ -117,7 +117,8 @@ class ComplianceReviewWorkflow:
         except asyncio.CancelledError:
             # The payment or application the case is about was canceled and withdrew it.
             # Cases withdrawn before this was recorded replay without it.
-            if workflow.patched(RECORD_WITHDRAWAL):
+            # (A case decided a moment before keeps its decision in the trail.)
+            if self._outcome is None and workflow.patched(RECORD_WITHDRAWAL):
                 self._status, self._due_at = "withdrawn", None
                 self._publish()
                 await self._record("parent", "review.withdrawn")
