@@ -34,7 +34,8 @@ activities' names are in ``models/onboarding.py``)::
 
 ``cancel`` (a signal) is honoured until the decision (approved, rejected, expired): the
 application ends canceled, an open case is withdrawn (the child is canceled). After the
-decision it is ignored.
+decision it is ignored; a case an officer decided just before the cancel reached it
+answers with that decision, which then decides the application.
 
 Every status change upserts the ``OnboardingStatus`` search attribute and writes the
 application's row (record_onboarding, a local activity) with everything known so far;
@@ -51,7 +52,6 @@ the application goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -97,6 +97,9 @@ with workflow.unsafe.imports_passed_through():
     from models.review import REVIEW_WORKFLOW, OpenReviewInput, ReviewOutcome, ReviewReason
 
 T = TypeVar("T")
+
+# workflow.patched id: a review decided just before a cancel reached it decides the application.
+DECISION_BEFORE_CANCEL_STANDS = "review-decision-before-cancel-stands"
 
 STATUS = SearchAttributeKey.for_keyword("OnboardingStatus")
 RISK_TIER = SearchAttributeKey.for_keyword("RiskTier")
@@ -415,9 +418,13 @@ class OnboardingWorkflow:
         await workflow.wait_condition(lambda: handle.done() or self._canceled())
         if not handle.done():
             handle.cancel()  # the case is withdrawn with the application
-            with contextlib.suppress(ChildWorkflowError, asyncio.CancelledError):
-                await handle
-            return None
+            try:
+                decided: ReviewOutcome = await handle
+            except (ChildWorkflowError, asyncio.CancelledError):
+                return None
+            # A case decided a moment before the cancel reached it answers with that
+            # decision: cancel is honoured only until the decision.
+            return decided if workflow.patched(DECISION_BEFORE_CANCEL_STANDS) else None
         outcome: ReviewOutcome = handle.result()
         return outcome
 

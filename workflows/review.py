@@ -117,11 +117,16 @@ class ComplianceReviewWorkflow:
         except asyncio.CancelledError:
             # The payment or application the case is about was canceled and withdrew it.
             # Cases withdrawn before this was recorded replay without it.
-            # (A case decided a moment before keeps its decision in the trail.)
-            if self._outcome is None and workflow.patched(RECORD_WITHDRAWAL):
-                self._status, self._due_at = "withdrawn", None
-                self._publish()
-                await self._record("parent", "review.withdrawn")
+            if not workflow.patched(RECORD_WITHDRAWAL):
+                raise
+            if self._outcome is not None:
+                # Decided a moment before the withdrawal reached it (the decision's audit
+                # record was still being written): the decision stands, and the parent
+                # gets it.
+                return await self._closed(case)
+            self._status, self._due_at = "withdrawn", None
+            self._publish()
+            await self._record("parent", "review.withdrawn")
             raise
 
     async def _run(self, case: OpenReviewInput) -> ReviewOutcome:
@@ -159,6 +164,9 @@ class ComplianceReviewWorkflow:
                     await self._record("sla", "review.sla_expired", outcome=case.default_outcome)
             if self._outcome is not None:
                 break
+        return await self._closed(case)
+
+    async def _closed(self, case: OpenReviewInput) -> ReviewOutcome:
         self._due_at = None
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)

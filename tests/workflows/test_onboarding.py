@@ -124,6 +124,10 @@ class Applicants:
     screening: ScreeningSummary = CLEAN
     # When set, create_applicant_user refuses: another user has the applicant's email.
     email_taken: bool = False
+    # When set, the review's audit record of an approval waits here (the case is decided,
+    # its update handler not finished).
+    approval_record_gate: asyncio.Event | None = None
+    approval_record_entered: asyncio.Event = field(default_factory=asyncio.Event)
     # When set, activate_customer waits here (the saga sits in the activation).
     activation_gate: asyncio.Event | None = None
     activation_entered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -202,6 +206,9 @@ class Applicants:
 
     @activity.defn(name=RECORD_REVIEW_EVENT)
     async def record_review_event(self, event: ReviewEvent) -> None:
+        if self.approval_record_gate is not None and event.action == "review.approved":
+            self.approval_record_entered.set()
+            await self.approval_record_gate.wait()
         self.review_events.append(event)
 
     @activity.defn(name=NOTIFY_SUPERVISORS)
@@ -664,6 +671,34 @@ async def test_cancel_during_review_withdraws_the_case(world: Applicants) -> Non
     assert world.activations == []
     assert world.kinds() == [("canceled", 0)]
     assert await attributes(handle) == ("canceled", "medium")
+
+
+async def test_a_cancel_that_reaches_a_case_just_decided_leaves_the_decision(
+    world: Applicants,
+) -> None:
+    """The officer approves; while the approval's audit record is written, an operator
+    cancels. The case was decided: the officer was told "approved", so it stands."""
+    world.kyc_start = "mismatch"
+    world.approval_record_gate = asyncio.Event()
+    a = application()
+    handle, _ = await world.apply(a)
+    await waiting_for(handle, "a compliance decision")
+    approving = asyncio.create_task(
+        world.review(a).execute_update(
+            ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="checked")
+        )
+    )
+    await asyncio.wait_for(world.approval_record_entered.wait(), timeout=10)
+    await handle.signal(OnboardingWorkflow.cancel, CancelApplication(OLIVIA, "duplicate"))
+    await asyncio.sleep(0.5)  # the cancel reaches the case while its record is written
+    world.approval_record_gate.set()
+    assert (await approving).status == "approved"
+    state = await finished(world, handle)
+
+    assert (state.status, state.decision_reason) == ("approved", "review_approved")
+    assert len(world.activations) == 1
+    actions = [e.action for e in world.review_events]
+    assert "review.approved" in actions and "review.withdrawn" not in actions
 
 
 async def test_cancel_after_approval_is_ignored(world: Applicants) -> None:
