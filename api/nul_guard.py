@@ -12,6 +12,8 @@ then it is parsed to name the field, and handed on to the route unchanged otherw
 
 from __future__ import annotations
 
+import email.message
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +26,7 @@ from api.errors import invalid_fields
 NUL_CHARACTER = "nul_character"
 _MESSAGE = "must not contain the NUL character (U+0000)"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_NAMED_FIELDS = 20
 
 
 class RefuseNulCharacters:
@@ -61,11 +64,20 @@ def _in_query(scope: Scope) -> list[str]:
 
 
 def _has_json_body(scope: Scope) -> bool:
+    """Whether FastAPI would parse this body as JSON: read the way it reads it (the first
+    Content-Type header, its type case-insensitive, none at all taken as JSON), or a
+    spelling it accepts would carry a NUL past this guard."""
     if scope["method"] not in _BODY_METHODS:
         return False
-    headers: dict[bytes, bytes] = dict(scope["headers"])
-    content_type = headers.get(b"content-type", b"").split(b";")[0].strip()
-    return content_type == b"application/json" or content_type.endswith(b"+json")
+    value = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+    if not value:
+        return True
+    message = email.message.Message()
+    message["content-type"] = value.decode("latin-1")
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
@@ -94,13 +106,20 @@ def _replay(first: Message, receive: Receive) -> Receive:
 def _in_json(body: bytes) -> list[str]:
     # A NUL in JSON text is always the escape (a raw control character is not valid JSON);
     # the bytes can also match inside an escaped backslash ("\\u0000"), so parse to be sure.
-    if b"\\u0000" not in body:
+    # The body may be UTF-16 or UTF-32, which json.loads (and so the route) reads too.
+    encoding = json.detect_encoding(body)
+    if encoding.startswith("utf-8"):
+        maybe = b"\\u0000" in body
+    else:
+        maybe = "\\u0000" in body.decode(encoding, errors="replace")
+    if not maybe:
         return []
     try:
         document = json.loads(body)
     except ValueError:
         return []  # not JSON: the route's own validation says so
-    return list(_nul_fields(document, ()))
+    # Named up to a bound: the answer to a body of a million NULs stays small.
+    return list(itertools.islice(_nul_fields(document, ()), MAX_NAMED_FIELDS))
 
 
 def _nul_fields(value: Any, at: tuple[str, ...]) -> Iterator[str]:

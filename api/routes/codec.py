@@ -22,6 +22,7 @@ from api.auth import Principal, require_role
 from api.deps import EngineDep
 from api.errors import ProblemError
 from infra.audit import write_audit_event
+from infra.envelope import EnvelopeError
 from infra.temporal import EnvelopePayloadCodec
 
 router = APIRouter(prefix="/codec", tags=["codec"])
@@ -50,14 +51,27 @@ class CodecCORS(CORSMiddleware):
             await self._inner(scope, receive, send)
 
 
+def _not_payloads(detail: str) -> ProblemError:
+    return ProblemError(
+        422, "validation_failed", "Not a payloads document", detail,
+        errors=[{"field": "payloads", "code": "invalid", "message": detail}],
+    )  # fmt: skip
+
+
 async def _payloads(request: Request) -> Payloads:
+    # JSON only: a browser sends another page's cross-origin JSON only after a preflight,
+    # which CodecCORS answers for the Web UI alone, so the sign-in cookie cannot be used to
+    # decode (and write audit rows) from a page of another origin on this host.
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ProblemError(
+            415, "unsupported_media_type", "The codec takes JSON",
+            "send Content-Type: application/json",
+        )  # fmt: skip
     try:
         return json_format.Parse(await request.body(), Payloads())
-    except json_format.ParseError as exc:
-        raise ProblemError(
-            422, "validation_failed", "Not a payloads document", str(exc),
-            errors=[{"field": "payloads", "code": "invalid", "message": str(exc)}],
-        ) from exc  # fmt: skip
+    except (json_format.ParseError, ValueError) as exc:  # also bytes that are not UTF-8
+        raise _not_payloads(str(exc)) from exc
 
 
 def _codec(request: Request) -> EnvelopePayloadCodec:
@@ -74,7 +88,10 @@ async def decode(
 ) -> dict[str, Any]:
     """Decrypt payloads for a person allowed to read them; audited."""
     payloads = await _payloads(request)
-    decoded = await _codec(request).decode(payloads.payloads)
+    try:
+        decoded = await _codec(request).decode(payloads.payloads)
+    except EnvelopeError as exc:  # marked as ours, but not an envelope that opens
+        raise _not_payloads(f"a payload does not decrypt: {exc}") from exc
 
     await asyncio.to_thread(
         write_audit_event,

@@ -25,8 +25,8 @@ from fastapi import APIRouter, Cookie, Query, Request
 from fastapi.responses import RedirectResponse
 
 from api.auth import SESSION_COOKIE
-from api.errors import ProblemError
-from infra.keycloak import InvalidToken, TokenVerifier, token_endpoint
+from api.errors import ProblemError, keycloak_unavailable
+from infra.keycloak import InvalidToken, IssuerUnreachable, TokenVerifier, token_endpoint
 from infra.settings import Settings
 
 router = APIRouter(prefix="/auth", tags=["session"])
@@ -51,12 +51,18 @@ def sign(key: bytes, payload: dict[str, object]) -> str:
 
 
 def unsign(key: bytes, value: str) -> dict[str, object] | None:
+    """The payload ``sign`` made, or None for anything else (altered, foreign, not ASCII)."""
     body, _, mac = value.partition(".")
     expected = _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(mac, expected):
+    # As bytes: compare_digest refuses str with characters outside ASCII (a TypeError).
+    if not hmac.compare_digest(mac.encode(), expected.encode()):
         return None
     payload: dict[str, object] = json.loads(_unb64(body))
     return payload
+
+
+def _sign_in_failed(detail: str) -> ProblemError:
+    return ProblemError(401, "sign_in_failed", "Sign-in could not be completed", detail)
 
 
 def _callback_url(settings: Settings) -> str:
@@ -112,12 +118,17 @@ async def login(
 @router.get("/callback", include_in_schema=False)
 async def callback(
     request: Request,
-    code: str,
     state: str,
+    code: str | None = None,
+    error: str | None = None,
     login_cookie: Annotated[str | None, Cookie(alias=LOGIN_COOKIE)] = None,
 ) -> RedirectResponse:
     """Finish the sign-in: exchange the code, keep the token in an HttpOnly cookie."""
     settings: Settings = request.app.state.settings
+    if error is not None or code is None:
+        # Keycloak sends the person back with an error instead of a code (consent refused,
+        # the login abandoned): OAuth 2.0 (RFC 6749 4.1.2.1).
+        raise _sign_in_failed(f"Keycloak did not sign you in ({error or 'no code'})")
     pending = unsign(request.app.state.session_key, login_cookie or "") if login_cookie else None
     if (
         pending is None
@@ -125,29 +136,31 @@ async def callback(
         or not isinstance(pending.get("exp"), int)
         or int(str(pending["exp"])) < time.time()
     ):
-        raise ProblemError(401, "sign_in_failed", "Sign-in could not be completed",
-                           "the sign-in expired or did not start here; start again")  # fmt: skip
-    async with httpx.AsyncClient(timeout=10) as client:
-        exchanged = await client.post(
-            token_endpoint(settings),
-            data={
-                "grant_type": "authorization_code",
-                "client_id": WEB_CLIENT,
-                "code": code,
-                "redirect_uri": _callback_url(settings),
-                "code_verifier": str(pending["verifier"]),
-            },
-        )
+        raise _sign_in_failed("the sign-in expired or did not start here; start again")
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            exchanged = await client.post(
+                token_endpoint(settings),
+                data={
+                    "grant_type": "authorization_code",
+                    "client_id": WEB_CLIENT,
+                    "code": code,
+                    "redirect_uri": _callback_url(settings),
+                    "code_verifier": str(pending["verifier"]),
+                },
+            )
+    except httpx.HTTPError as exc:
+        raise keycloak_unavailable("the sign-in could not reach Keycloak; start again") from exc
     if exchanged.status_code != 200:
-        raise ProblemError(401, "sign_in_failed", "Sign-in could not be completed",
-                           "Keycloak refused the code")  # fmt: skip
+        raise _sign_in_failed("Keycloak refused the code")
     token: str = exchanged.json()["access_token"]
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
         verified = verifier.verify(token)
     except InvalidToken as exc:
-        raise ProblemError(401, "sign_in_failed", "Sign-in could not be completed",
-                           str(exc)) from exc  # fmt: skip
+        raise _sign_in_failed(str(exc)) from exc
+    except IssuerUnreachable as exc:
+        raise keycloak_unavailable("cannot check the token now; start again") from exc
     response = RedirectResponse(str(pending["next"]))
     response.set_cookie(
         SESSION_COOKIE,

@@ -191,6 +191,24 @@ async def test_temporal_never_sees_plaintext_and_operators_read_it_through_the_c
         audited = list_audit_events(session, subject=f"namespace:{settings.temporal_namespace}")
     assert any(e.action == "codec.decode" and e.actor == logins.subject("olivia") for e in audited)
 
+    # Bad input is a 422 naming the payloads, not a 500: bytes that are not UTF-8, and a
+    # payload marked as ours that does not open.
+    olivia = {**headers, **logins.headers("olivia")}
+    broken = Payloads(payloads=[Payload(metadata=dict(payloads[0].metadata), data=b"AAAA")])
+    for bad in (b"\xff", json_format.MessageToJson(broken).encode()):
+        refused = await api.post("/codec/decode", content=bad, headers=olivia)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"] == "payloads"
+    # Only JSON: a cross-origin page can send text/plain with the cookie and no preflight.
+    before = len(audited)
+    plain_text = await api.post(
+        "/codec/decode", content=body, headers={**olivia, "Content-Type": "text/plain"}
+    )
+    assert (plain_text.status_code, plain_text.json()["code"]) == (415, "unsupported_media_type")
+    with Session(engine) as session:
+        after = list_audit_events(session, subject=f"namespace:{settings.temporal_namespace}")
+    assert len(after) == before
+
 
 async def test_failure_messages_are_encrypted_too(
     settings: Settings, temporal: Client, unique: str

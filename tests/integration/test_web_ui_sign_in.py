@@ -103,3 +103,19 @@ async def test_a_callback_without_its_login_state_is_refused(api: httpx.AsyncCli
     response = await api.get("/auth/callback", params={"code": "forged", "state": "forged"})
     assert response.status_code == 401
     assert response.json()["code"] == "sign_in_failed"
+
+
+async def test_a_sign_in_keycloak_sent_back_with_an_error_or_a_strange_cookie_is_refused(
+    api: httpx.AsyncClient,
+) -> None:
+    # Consent refused or the login abandoned: Keycloak returns an error and no code.
+    refused = await api.get("/auth/callback", params={"error": "access_denied", "state": "s"})
+    assert (refused.status_code, refused.json()["code"]) == (401, "sign_in_failed")
+    assert "access_denied" in refused.json()["detail"]
+    # A login-state cookie that is not ours, with characters outside ASCII.
+    odd = await api.get(
+        "/auth/callback",
+        params={"code": "c", "state": "s"},
+        headers={b"Cookie": "bfc_login=x.\u00e9".encode()},
+    )
+    assert (odd.status_code, odd.json()["code"]) == (401, "sign_in_failed")

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from api.errors import install_problem_handlers
-from api.nul_guard import RefuseNulCharacters
+from api.nul_guard import MAX_NAMED_FIELDS, RefuseNulCharacters
 
 
 def _app(calls: list[Any]) -> FastAPI:
@@ -121,3 +121,37 @@ async def test_a_body_in_several_chunks_is_checked_whole_and_handed_on_whole() -
     assert seen == []
     await run([b'{"reason": ', b'"fine"}'])
     assert seen == [b'{"reason": "fine"}']
+
+
+@pytest.mark.parametrize(
+    ("headers", "encoding"),
+    [
+        ({"Content-Type": "Application/JSON"}, "utf-8"),  # the type in another case
+        ({}, "utf-8"),  # no type: FastAPI reads the body as JSON all the same
+        ({"Content-Type": "application/json"}, "utf-16"),  # json.loads reads UTF-16 too
+        ({"Content-Type": "application/json"}, "utf-32"),
+    ],
+)
+def test_a_nul_is_found_however_the_json_body_is_labelled_or_encoded(
+    client: TestClient, calls: list[Any], headers: dict[str, str], encoding: str
+) -> None:
+    raw = json.dumps({"reason": "ab\u0000c"}).encode(encoding)
+    assert _refused(client.post("/things", content=raw, headers=headers)) == ["reason"]
+    assert calls == []
+
+
+def test_the_first_of_two_content_types_decides_as_it_does_for_the_route(
+    client: TestClient, calls: list[Any]
+) -> None:
+    raw = json.dumps({"reason": "ab\u0000c"}).encode()
+    headers = [("content-type", "application/json"), ("content-type", "text/plain")]
+    assert _refused(client.post("/things", content=raw, headers=headers)) == ["reason"]
+    assert calls == []
+
+
+def test_a_body_of_many_nuls_gets_a_bounded_answer(client: TestClient, calls: list[Any]) -> None:
+    raw = json.dumps(["\u0000"] * 50_000).encode()
+    response = client.post("/things", content=raw, headers={"Content-Type": "application/json"})
+    assert _refused(response) == [str(i) for i in range(MAX_NAMED_FIELDS)]
+    assert len(response.content) < 10_000
+    assert calls == []
