@@ -199,6 +199,7 @@ class SagaStarter:
             payout_destination=payment.payout_destination,
             created_at=payment.created_at.isoformat(),
             four_eyes_threshold_minor=self._four_eyes,
+            beneficiary_id=payment.beneficiary_id,
         )
         await start_once(
             client,

@@ -58,6 +58,8 @@ class NewPayment:
     destination_account_id: str | None
     payment_method: str | None
     payout_destination: str | None
+    # transfer: the customer whose wallet receives it (never the case's officer)
+    beneficiary_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class StoredPayment:
     updated_at: datetime
     completed_at: datetime | None
     saga_started_at: datetime | None = None  # None: accepted, its workflow not started yet
+    beneficiary_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,11 @@ class PaymentStore:
                 " ON CONFLICT DO NOTHING RETURNING payment_id) "
                 "INSERT INTO payments (id, kind, status, customer_id, client_id, "
                 "created_by, amount, currency, source_account_id, "
-                "destination_account_id, payment_method, payout_destination) "
+                "destination_account_id, payment_method, payout_destination, beneficiary_id) "
                 "SELECT %(id)s, %(kind)s, 'processing', %(customer_id)s, %(client_id)s, "
                 "%(created_by)s, %(amount)s, %(currency)s, %(source_account_id)s, "
-                "%(destination_account_id)s, %(payment_method)s, %(payout_destination)s "
+                "%(destination_account_id)s, %(payment_method)s, %(payout_destination)s, "
+                "%(beneficiary_id)s "
                 f"FROM claimed RETURNING {_PAYMENT_COLUMNS}",
                 {**asdict(payment), "scope": scope, "key": key, "request_hash": request_hash},
             )

@@ -92,6 +92,8 @@ class PaymentInput:
     created_at: str = ""  # ISO 8601, from the API
     # Cases about more than this need two officers (settings.four_eyes_threshold_minor).
     four_eyes_threshold_minor: int = 1_000_000
+    # transfer: the Keycloak subject whose wallet receives it; it may not decide the review.
+    beneficiary_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,9 @@ class OpenReviewInput:
     currency: str | None = None
     sla: SlaPolicy = field(default_factory=SlaPolicy)
     default_outcome: Outcome = "rejected"
+    # Others the outcome concerns (a transfer's beneficiary): as the customer, never the
+    # case's officer or assignee.
+    related_subjects: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

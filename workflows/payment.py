@@ -414,6 +414,7 @@ class PaymentWorkflow:
                 required_approvals=required_approvals(p.amount, p.four_eyes_threshold_minor),
                 amount_minor=p.amount,
                 currency=p.currency,
+                related_subjects=[p.beneficiary_id] if p.beneficiary_id else [],
             ),
             id=review_id,
             result_type=ReviewOutcome,

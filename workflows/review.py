@@ -260,7 +260,7 @@ class ComplianceReviewWorkflow:
     def _check_officer(self, actor: Actor) -> None:
         if OFFICER_ROLE not in actor.roles:
             raise Refused.not_an_officer()
-        if actor.subject == self._case.customer_subject:
+        if self._concerns(actor.subject):
             raise Refused.own_case()
         if self._outcome is not None:
             raise Refused.closed()
@@ -328,6 +328,13 @@ class ComplianceReviewWorkflow:
         self._check_officer(request.actor)
         if request.assignee != request.actor.subject and SUPERVISOR_ROLE not in request.actor.roles:
             raise Refused.not_a_supervisor()
+        if self._concerns(request.assignee):  # they could not decide it
+            raise Refused.own_case()
+
+    def _concerns(self, subject: str) -> bool:
+        """Whether the case is about this person: its customer, or another it affects."""
+        case = self._case
+        return subject == case.customer_subject or subject in case.related_subjects
 
     @workflow.update
     async def comment(self, request: CommentInput) -> ReviewState:

@@ -177,6 +177,7 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     if problems:
         raise invalid_fields(problems)
     acting_customer = None if "app" in principal.roles else principal.subject
+    beneficiary = None
     # Both wallets of a transfer in one query: a round trip fewer on every payment.
     accounts = await ledger.get_accounts(
         [a for a in (body.source_account_id, body.destination_account_id) if a is not None]
@@ -196,8 +197,8 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
             if body.destination_account_id == body.source_account_id:
                 raise _invalid("destination_account_id", "accounts_must_be_different",
                                "a transfer needs two different wallets")  # fmt: skip
-            _wallet(accounts, body.destination_account_id, "destination_account_id",
-                    body.currency, None)  # fmt: skip
+            beneficiary = _wallet(accounts, body.destination_account_id,
+                                  "destination_account_id", body.currency, None).owner  # fmt: skip
     store = _payments(request)
     payment, created = await store.create(
         NewPayment(
@@ -212,6 +213,7 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
             destination_account_id=body.destination_account_id,
             payment_method=body.payment_method,
             payout_destination=body.payout_destination,
+            beneficiary_id=beneficiary,
         ),
         scope=principal.subject,
         key=key,

@@ -27,7 +27,7 @@ from temporalio.worker import Replayer
 
 from infra.temporal import platform_data_converter
 from models.payment import PaymentInput, PaymentState, review_id_for
-from models.review import DecideInput
+from models.review import Actor, DecideInput
 from tests.helpers.time_skipping import fresh_environment
 from tests.workflows import record_payment_histories
 from tests.workflows.payment_world import (
@@ -286,6 +286,23 @@ async def test_an_approved_review_continues_to_the_charge(world: World) -> None:
     assert [r.status for r in world.records] == ["in_review", "processing", "succeeded"]
     assert [e.action for e in world.review_events] == ["review.opened", "review.approved"]
     assert await announced(world, handle) == [("payment.succeeded", None)]
+
+
+async def test_a_transfers_beneficiary_cannot_decide_its_review(world: World) -> None:
+    world.risk = REVIEW
+    beneficiary = Actor(subject="sub-bob", username="bob", roles=["compliance_officer"])
+    p = transfer(amount=9_000, beneficiary_id=beneficiary.subject)
+    handle = await world.start(p)
+    await in_review(world, handle, p)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await review_of(world, p).execute_update(
+            ComplianceReviewWorkflow.approve, DecideInput(actor=beneficiary, reason="mine")
+        )
+    assert refused.value.cause.type == "OwnCase"  # type: ignore[attr-defined]
+    await review_of(world, p).execute_update(
+        ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="checked")
+    )
+    assert (await finished(world, handle)).status == "succeeded"
 
 
 async def test_a_rejected_review_voids_the_hold(world: World) -> None:

@@ -17,7 +17,9 @@ from temporalio.worker import Worker
 
 from models.review import (
     NOTIFY_SUPERVISORS,
+    OFFICER_ROLE,
     RECORD_REVIEW_EVENT,
+    SUPERVISOR_ROLE,
     Actor,
     AssignInput,
     DecideInput,
@@ -67,7 +69,7 @@ async def queue(workflow_env: WorkflowEnvironment) -> AsyncIterator[str]:
 
 
 async def open_case(
-    env: WorkflowEnvironment, queue: str, *, approvals: int = 1
+    env: WorkflowEnvironment, queue: str, *, approvals: int = 1, related: tuple[str, ...] = ()
 ) -> WorkflowHandle[ComplianceReviewWorkflow, ReviewOutcome]:
     review_id = f"rev_{uuid.uuid4().hex}"
     return await env.client.start_workflow(
@@ -84,6 +86,7 @@ async def open_case(
             amount_minor=250_000,
             currency="EUR",
             sla=SLA,
+            related_subjects=list(related),
         ),
         id=review_id,
         task_queue=queue,
@@ -203,3 +206,25 @@ async def test_only_a_supervisor_assigns_to_someone_else(
         )
     assert refused.value.cause.type == "NotASupervisor"  # type: ignore[attr-defined]
     await handle.terminate("test done")
+
+
+async def test_someone_the_case_concerns_neither_decides_nor_is_assigned_it(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    """A transfer's beneficiary gains from its approval, as its payer does from either."""
+    handle = await open_case(workflow_env, queue, related=(CORA.subject,))
+    with pytest.raises(WorkflowUpdateFailedError) as decided:
+        await handle.execute_update(
+            ComplianceReviewWorkflow.approve, DecideInput(actor=CORA, reason="fine by me")
+        )
+    assert decided.value.cause.type == "OwnCase"  # type: ignore[attr-defined]
+    supervisor = Actor(subject="sub-sam", username="sam", roles=[OFFICER_ROLE, SUPERVISOR_ROLE])
+    with pytest.raises(WorkflowUpdateFailedError) as assigned:
+        await handle.execute_update(
+            ComplianceReviewWorkflow.assign, AssignInput(actor=supervisor, assignee=CORA.subject)
+        )
+    assert assigned.value.cause.type == "OwnCase"  # type: ignore[attr-defined]
+    approved = await handle.execute_update(
+        ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="checked")
+    )
+    assert approved.status == "approved"

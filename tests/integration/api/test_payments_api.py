@@ -77,7 +77,11 @@ async def top_up(
 
 
 async def test_top_up_transfer_and_pay_out_move_exact_amounts(
-    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str], gateway: GatewayView
+    api: httpx.AsyncClient,
+    logins: Logins,
+    wallets: dict[str, str],
+    gateway: GatewayView,
+    store: PaymentStore,
 ) -> None:
     alice, bob = logins.headers("alice"), logins.headers("bob")
     a0 = await available(api, alice, wallets["alice"])
@@ -104,6 +108,9 @@ async def test_top_up_transfer_and_pay_out_move_exact_amounts(
     )
     assert transfer["status"] == "succeeded", transfer
     assert await gateway.charges(transfer["id"]) == []  # wallet to wallet: no gateway
+    # bob, whose wallet it pays, is named so that he could never decide its review.
+    stored = await store.get(transfer["id"])
+    assert stored is not None and stored.beneficiary_id == logins.subject("bob")
 
     payout = await pay_and_wait(
         api,
