@@ -125,6 +125,8 @@ HOLD_TIMEOUT_SECONDS = 7 * 24 * 3600
 VOID_UNANSWERED_HOLD = "void-unanswered-hold"
 PAYOUT_POST_UNTIL_ANSWERED = "payout-post-until-answered"
 RECORD_REVIEW_APPROVAL = "record-review-approval"
+# A lookup (or a same-key replay) that fails while the outcome is unknown leaves it unknown.
+FAILED_LOOKUP_STAYS_UNKNOWN = "failed-lookup-stays-unknown"
 
 _GATEWAY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -447,17 +449,33 @@ class PaymentWorkflow:
             self._note("gateway_outcome_unknown")
         wait = _UNKNOWN_FIRST_WAIT
         lookups = 0
+        failing: str | None = None  # the last failed look's error, while looks fail
         while True:
-            self._waiting_for(f"the gateway's answer about {p.payment_id} (next look in {wait})")
+            self._waiting_for(
+                f"the gateway's answer about {p.payment_id} (next look in {wait}"
+                + (f"; the last look failed: {failing})" if failing else ")")
+            )
             await workflow.sleep(wait)
             wait = min(wait * 2, _UNKNOWN_MAX_WAIT)
-            found: GatewayResult = await workflow.execute_activity(
-                FIND_CHARGE if p.kind == "topup" else FIND_PAYOUT,
-                p.payment_id,
-                result_type=GatewayResult,
-                start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
-                retry_policy=_GATEWAY,
-            )
+            try:
+                found: GatewayResult = await workflow.execute_activity(
+                    FIND_CHARGE if p.kind == "topup" else FIND_PAYOUT,
+                    p.payment_id,
+                    result_type=GatewayResult,
+                    start_to_close_timeout=GATEWAY_CALL_TIMEOUT,
+                    retry_policy=_GATEWAY,
+                )
+            except ActivityError as exc:
+                if not workflow.patched(FAILED_LOOKUP_STAYS_UNKNOWN):
+                    raise
+                # The look itself was refused (a 4xx, a lookup the provider does not
+                # offer): the money may still have moved, and walking back now could pay
+                # out or charge twice. Still unknown: noted once, asked again later.
+                if failing is None:
+                    self._note("gateway_lookup_failed", _error_type(exc) or type(exc).__name__)
+                failing = _error_type(exc) or type(exc).__name__
+                continue
+            failing = None
             lookups += 1
             if found.outcome in {"succeeded", "declined"}:
                 self._note("gateway_outcome_resolved", found.outcome)
@@ -468,7 +486,9 @@ class PaymentWorkflow:
                 try:
                     replayed = await self._gateway_call(key)
                 except ActivityError as exc:
-                    if _error_type(exc) != GATEWAY_UNKNOWN_OUTCOME:
+                    if _error_type(exc) != GATEWAY_UNKNOWN_OUTCOME and not workflow.patched(
+                        FAILED_LOOKUP_STAYS_UNKNOWN
+                    ):
                         raise
                     continue
                 if replayed.outcome == "pending":

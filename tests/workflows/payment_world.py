@@ -246,6 +246,8 @@ class FakeGateway:
         self.refunds: dict[str, GatewayRefund] = {}  # by idempotency key
         # Every call that reached the gateway, in order: (operation, key or payment id).
         self.calls: list[tuple[str, str]] = []
+        # How many lookups fail next, refused by the gateway (GatewayRejected).
+        self.failing_lookups = 0
         # When set, money-moving calls wait here: the test decides when they answer.
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
@@ -287,6 +289,9 @@ class FakeGateway:
 
     def find(self, op: str, payment_id: str) -> GatewayResult:
         self.calls.append((f"find_{op}", payment_id))
+        if self.failing_lookups > 0:
+            self.failing_lookups -= 1
+            raise ApplicationError("404 no such route", type="GatewayRejected", non_retryable=True)
         for movement in self.movements.values():
             if movement.payment_id == payment_id:
                 movement.lookups += 1

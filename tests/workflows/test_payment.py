@@ -664,6 +664,30 @@ async def test_an_unknown_outcome_found_succeeded_is_not_charged_again(world: Wo
     assert detail(state, "gateway_outcome_resolved") == "succeeded"
 
 
+@pytest.mark.parametrize("kind", ["topup", "payout"])
+async def test_a_lookup_refused_while_the_outcome_is_unknown_walks_nothing_back(
+    world: World, kind: str
+) -> None:
+    """The charge or payout was applied with its answer lost, and the gateway then refuses
+    the lookups for a while: walking back would leave the card charged with nothing in the
+    wallet, or pay out twice. The payment keeps asking until it knows."""
+    world.gateway.script = ["unknown+succeed"]
+    world.gateway.failing_lookups = 3
+    p = topup(amount=6_000) if kind == "topup" else payout(amount=6_000)
+    handle = await world.start(p)
+    state = await finished(world, handle)
+
+    assert (state.status, state.decline_code) == ("succeeded", None)
+    assert len(world.gateway.applied) == 1 and world.gateway.refunds == {}
+    assert world.ledger.log == ledger_steps(p, "hold", "post")
+    assert events(state)[3:6] == [
+        "gateway_outcome_unknown",
+        "gateway_lookup_failed",
+        "gateway_outcome_resolved",
+    ]
+    assert detail(state, "gateway_lookup_failed") == "GatewayRejected"
+
+
 async def test_an_unknown_outcome_found_declined_voids_the_hold(world: World) -> None:
     world.gateway.script = ["unknown+decline:insufficient_funds"]
     p = topup(amount=6_000)
