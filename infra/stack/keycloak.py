@@ -24,7 +24,9 @@ from infra.stack.base import Health, Service, StackError
 from infra.stack.process import ProcessRecord
 
 REALM_DIR = Path(__file__).resolve().parent.parent / "deploy" / "keycloak"
-BUILD_OPTIONS = ["--db=dev-file", "--health-enabled=true"]
+# cache=local: the default cache clusters over JGroups, which listens on every interface
+# (port 7800 and a failure-detection port); one node on loopback needs no cluster.
+BUILD_OPTIONS = ["--db=dev-file", "--health-enabled=true", "--cache=local"]
 DEV_ADMIN = ("admin", "dev-admin")  # master-realm console login, development only
 
 
@@ -113,11 +115,17 @@ class KeycloakService(Service):
             f"--http-management-port={s.keycloak_management_port}",
             # A fixed hostname fixes the token issuer, however the server is reached.
             f"--hostname={s.keycloak_url}",
+            "--cache=local",  # also a start option in this version (see BUILD_OPTIONS)
             "--import-realm",
         ]
         env = dict(os.environ)
         env["KC_BOOTSTRAP_ADMIN_USERNAME"], env["KC_BOOTSTRAP_ADMIN_PASSWORD"] = DEV_ADMIN
-        return self.table.start(self.name, argv, env=env, cwd=self.dist_dir)
+        # Its database holds the realm's signing keys, client secrets and password hashes:
+        # for this user alone (files made from now on, and the folder of those made before).
+        data = self.dist_dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o700)
+        return self.table.start(self.name, argv, env=env, cwd=self.dist_dir, umask=0o077)
 
     def probe(self) -> Health:
         s = self.settings

@@ -74,21 +74,30 @@ class Stack:
         return [n for n in ALL if n in names]
 
     def up(self, names: tuple[str, ...] = ()) -> UpReport:
+        """Start what is not running and wait until all of it is ready. If anything fails
+        (a port taken, a service that never gets ready, an interrupt), what this call
+        started is stopped again before the error goes on: no half stack is left behind."""
         t0 = time.monotonic()
         selected = self._select(names)
         report = UpReport()
         servers = [n for n in selected if n in SERVERS]
         apps = [n for n in selected if n in APPS]
-        for name in servers:
-            self._start(name, report)
-        waits_first = [n for n in APP_DEPENDENCIES if n in servers]
-        for name in waits_first:
-            self._wait(name)
-        for name in apps:
-            self.apps[name].extra_env = self.vault.app_credentials()
-            self._start(name, report)
-        for name in [n for n in servers if n not in waits_first] + apps:
-            self._wait(name)
+        try:
+            for name in servers:
+                self._start(name, report)
+            waits_first = [n for n in APP_DEPENDENCIES if n in servers]
+            for name in waits_first:
+                self._wait(name)
+            for name in apps:
+                self.apps[name].extra_env = self.vault.app_credentials()
+                self._start(name, report)
+            for name in [n for n in servers if n not in waits_first] + apps:
+                self._wait(name)
+        except BaseException:
+            if report.started:
+                log.warning("start failed: stopping what it started (%s)", report.started)
+                self.down(tuple(report.started))
+            raise
         report.seconds = time.monotonic() - t0
         return report
 

@@ -1,8 +1,9 @@
 """Background processes the stack starts, remembered by process id in a small JSON record.
 
-We stop only processes we started: a record names the pid, the process group we gave it and
-the executable, and a pid whose command line no longer names that executable (the pid was
-reused after a reboot, say) counts as gone.
+We stop only processes we started: a record names the pid (which is also the process group
+we gave it), the executable, and the process's start time since boot with the boot's id. A
+pid whose start time or boot differs was reused by another program (after a reboot, or
+once pids wrapped around) and counts as gone, whatever its command line says.
 """
 
 from __future__ import annotations
@@ -21,23 +22,44 @@ from pathlib import Path
 from typing import Any
 
 
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` from field 3 (the state) on: the command name before it, in
+    parentheses, may itself hold spaces and parentheses."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def start_ticks(pid: int) -> int:
+    """When the process started, in clock ticks since boot (field 22): fixed for its life,
+    across exec, and different for a later process that gets the same pid."""
+    return int(_stat_fields(pid)[19])
+
+
 @dataclass(frozen=True)
 class ProcessRecord:
     name: str
     pid: int
     executable: str
     started_at: str
+    # None in records written before these were kept: the command line decides alone.
+    start_ticks: int | None = None
+    boot_id: str | None = None
 
     def is_alive(self) -> bool:
         try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            fields = _stat_fields(self.pid)
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
         except OSError:
             return False
-        # The state follows the command name in parentheses: Z (zombie) or X (dead) has
-        # exited, whether or not anyone has reaped it yet.
-        if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):
+        # Z (zombie) or X (dead) has exited, whether or not anyone has reaped it yet.
+        if fields[:1] in (["Z"], ["X"]):
             return False
+        if self.start_ticks is not None:
+            # The pid's own process, not a later one that got the same number.
+            return int(fields[19]) == self.start_ticks and _boot_id() == self.boot_id
         # An empty command line is a process between fork and exec: still the one we started.
         # Otherwise one of its arguments is the executable (a script's is the second, after
         # its interpreter); a name merely inside an argument (``test_postgres.py``) is not.
@@ -88,8 +110,10 @@ class ProcessTable:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         user: str | None = None,
+        umask: int = -1,
     ) -> ProcessRecord:
-        """Start ``argv`` detached, in a session of its own, output appended to its log."""
+        """Start ``argv`` detached, in a session of its own, output appended to its log;
+        ``umask`` for a process whose files must stay private (-1: ours)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path(name)
@@ -104,6 +128,7 @@ class ProcessTable:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                umask=umask,
                 **run_as(user),
             )
         record = ProcessRecord(
@@ -111,8 +136,14 @@ class ProcessTable:
             pid=proc.pid,
             executable=argv[0],
             started_at=datetime.now(UTC).isoformat(),
+            start_ticks=start_ticks(proc.pid),
+            boot_id=_boot_id(),
         )
-        self._record_path(name).write_text(json.dumps(asdict(record)))
+        # Whole or not at all: a half-written record would hide a running process.
+        path = self._record_path(name)
+        partial = path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(asdict(record)))
+        partial.replace(path)
         return record
 
     def stop(

@@ -14,7 +14,8 @@ import pytest
 from infra.settings import Settings
 from infra.stack.base import StackError
 from infra.stack.keycloak import KeycloakService
-from infra.stack.process import ProcessTable, port_is_open
+from infra.stack.launcher import Stack
+from infra.stack.process import ProcessTable, port_is_open, start_ticks
 from infra.stack.temporal import TemporalService
 
 
@@ -75,6 +76,14 @@ def test_a_record_of_a_dead_or_reused_pid_counts_as_not_running(tmp_path: Path) 
     assert table.stop("imposter") is False
 
 
+def _never_signalled(table: ProcessTable, name: str, other: subprocess.Popen[bytes]) -> None:
+    """The record names ``other``'s pid, but ``other`` is not ours: it is neither running
+    as ``name`` nor stopped."""
+    assert table.get(name) is None
+    assert table.stop(name) is False
+    assert other.poll() is None
+
+
 def test_a_process_that_only_mentions_the_executable_is_not_it(tmp_path: Path) -> None:
     # Like a test run over test_postgres.py, with the pid of a postgres that has exited.
     other = subprocess.Popen(["/bin/sh", "-c", "sleep 30; true", "run-test_postgres.py"])
@@ -88,9 +97,7 @@ def test_a_process_that_only_mentions_the_executable_is_not_it(tmp_path: Path) -
             "started_at": "2026-01-01T00:00:00+00:00",
         }
         (tmp_path / "run" / "postgres.json").write_text(json.dumps(record))
-        assert table.get("postgres") is None
-        assert table.stop("postgres") is False
-        assert other.poll() is None  # not signalled
+        _never_signalled(table, "postgres", other)
     finally:
         other.kill()
         other.wait()
@@ -129,3 +136,47 @@ def test_keycloak_without_java_says_so_in_one_line(
     message = str(refused.value)
     assert "java" in message
     assert "\n" not in message
+
+
+def test_a_pid_now_held_by_another_program_of_the_same_name_is_not_ours(
+    tmp_path: Path,
+) -> None:
+    """The record's pid runs the recorded executable, but it is not the process we
+    started: it began at another time (the pid was reused). It must not be signalled."""
+    table = ProcessTable(tmp_path)
+    ours = table.start("sleeper", ["/bin/sleep", "30"])
+    time.sleep(0.05)  # start times count in ticks of 10 ms; a reused pid comes far later
+    stranger = subprocess.Popen(["/bin/sleep", "30"], start_new_session=True)
+    try:
+        record = json.loads((tmp_path / "run" / "sleeper.json").read_text())
+        assert record["start_ticks"] == start_ticks(ours.pid)
+        (tmp_path / "run" / "sleeper.json").write_text(json.dumps({**record, "pid": stranger.pid}))
+        _never_signalled(table, "sleeper", stranger)
+    finally:
+        stranger.kill()
+        stranger.wait()
+        os.killpg(ours.pid, 9)
+        _wait_exit(ours.pid)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_a_start_that_fails_midway_stops_what_it_started(tmp_path: Path) -> None:
+    """The mail sink starts; then the card gateway cannot get its key (no Vault in this
+    folder): up() fails, and leaves nothing it started running."""
+    smtp_port = _free_port()
+    settings = Settings(
+        stack_dir=tmp_path, smtp_port=smtp_port, vault_port=_free_port(),
+        gateway_port=_free_port(),
+    )  # fmt: skip
+    stack = Stack(settings)
+    with pytest.raises(Exception):  # noqa: B017 - whatever Vault's absence raises
+        stack.up(("smtp", "gateway"))
+    assert stack.table.get("smtp") is None
+    assert not list((tmp_path / "run").glob("*.json"))
+    assert not port_is_open("127.0.0.1", smtp_port)
