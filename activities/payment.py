@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from temporalio import activity
@@ -28,7 +28,7 @@ from infra.gateway import (
     GatewayUnknownOutcome,
 )
 from infra.ledger_store import LedgerStore
-from infra.payment_store import PaymentStore
+from infra.payment_store import PaymentStore, RiskHistory
 from models.errors import (
     LedgerError,
     PendingTransferAlreadyResolved,
@@ -79,6 +79,23 @@ def ledger_refusal(exc: LedgerError) -> ApplicationError:
 T = TypeVar("T")
 
 
+def risk_features(request: ScoreInput, history: RiskHistory) -> RiskFeatures:
+    """What the rules and the model see of a payment and its customer's recent ones."""
+    at = datetime.fromisoformat(request.created_at)
+    first = history.first_payment_at
+    return RiskFeatures(
+        kind=request.kind,  # type: ignore[arg-type]  # validated by the API
+        amount_minor=request.amount,
+        currency=request.currency,
+        # In UTC, as the model was trained: the time arrives in the database session's zone.
+        hour_of_day=at.astimezone(UTC).hour,
+        payments_last_hour=history.payments_last_hour,
+        amount_last_24h_minor=history.amount_last_24h,
+        new_beneficiary=request.beneficiary is not None and not history.known_beneficiary,
+        customer_age_days=max(0, (at - first).days) if first else 0,
+    )
+
+
 class PaymentActivities:
     def __init__(
         self,
@@ -108,17 +125,7 @@ class PaymentActivities:
             payment_id=request.payment_id,
             at=at,
         )
-        first = history.first_payment_at
-        features = RiskFeatures(
-            kind=request.kind,  # type: ignore[arg-type]  # validated by the API
-            amount_minor=request.amount,
-            currency=request.currency,
-            hour_of_day=at.hour,
-            payments_last_hour=history.payments_last_hour,
-            amount_last_24h_minor=history.amount_last_24h,
-            new_beneficiary=request.beneficiary is not None and not history.known_beneficiary,
-            customer_age_days=max(0, (at - first).days) if first else 0,
-        )
+        features = risk_features(request, history)
         # The model is CPU work: off the event loop, so other activities keep moving.
         score = await asyncio.to_thread(self._scorer.score, features)
         result = assess(features, score, self._scorer.version, self._policy)

@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, cast
 
 from temporalio.client import Client
@@ -197,7 +197,7 @@ class SagaStarter:
             destination_account_id=payment.destination_account_id,
             payment_method=payment.payment_method,
             payout_destination=payment.payout_destination,
-            created_at=payment.created_at.isoformat(),
+            created_at=payment.created_at.astimezone(UTC).isoformat(),
             four_eyes_threshold_minor=self._four_eyes,
             beneficiary_id=payment.beneficiary_id,
         )
