@@ -227,11 +227,11 @@ class PaymentActivities:
             currency=request.currency,
             payment_method=request.payment_method,
         )
-        return _charge_result(await _moving_money(call))
+        return charge_result(await _moving_money(call))
 
     @activity.defn(name=FIND_CHARGE)
     async def find_charge(self, payment_id: str) -> GatewayResult:
-        return _charge_result(await self._gateway.find_charge(payment_id))
+        return charge_result(await self._gateway.find_charge(payment_id))
 
     @activity.defn(name=SEND_PAYOUT)
     async def send_payout(self, request: PayoutInput) -> GatewayResult:
@@ -242,11 +242,11 @@ class PaymentActivities:
             currency=request.currency,
             destination=request.destination,
         )
-        return _payout_result(await _moving_money(call))
+        return payout_result(await _moving_money(call))
 
     @activity.defn(name=FIND_PAYOUT)
     async def find_payout(self, payment_id: str) -> GatewayResult:
-        return _payout_result(await self._gateway.find_payout(payment_id))
+        return payout_result(await self._gateway.find_payout(payment_id))
 
     @activity.defn(name=REFUND_CHARGE)
     async def refund_charge(self, request: RefundChargeInput) -> GatewayResult:
@@ -308,25 +308,32 @@ async def _moving_money(call: Awaitable[T]) -> T | GatewayResult:
         raise ApplicationError(str(exc), type=GATEWAY_REJECTED, non_retryable=True) from exc
 
 
-def _charge_result(charge: GatewayCharge | GatewayResult | None) -> GatewayResult:
+def charge_result(charge: GatewayCharge | GatewayResult | None) -> GatewayResult:
+    """What the saga hears of a charge, whether the call answered it or a lookup found it."""
     if charge is None:
         return GatewayResult("absent")
     if isinstance(charge, GatewayResult):
         return charge
     if charge.succeeded:
         return GatewayResult("succeeded", reference=charge.id)
-    if charge.decline_code is not None or charge.status == "requires_payment_method":
-        return GatewayResult("declined", reference=charge.id, decline_code=charge.decline_code)
+    # As the charge call itself reads it: anything but processing will not be captured
+    # (a lookup that kept it pending would wait for it until the hold's expiry).
+    if charge.settled_unpaid:
+        return GatewayResult("declined", reference=charge.id, decline_code=charge.refusal_code)
     return GatewayResult("pending", reference=charge.id)
 
 
-def _payout_result(payout: GatewayPayout | GatewayResult | None) -> GatewayResult:
+def payout_result(payout: GatewayPayout | GatewayResult | None) -> GatewayResult:
+    """What the saga hears of a payout, whether the call answered it or a lookup found it."""
     if payout is None:
         return GatewayResult("absent")
     if isinstance(payout, GatewayResult):
         return payout
     if payout.paid:
         return GatewayResult("succeeded", reference=payout.id)
-    if payout.failure_code is not None or payout.status == "failed":
-        return GatewayResult("declined", reference=payout.id, decline_code=payout.failure_code)
+    if payout.failure_code is not None or payout.not_made:
+        return GatewayResult(
+            "declined", reference=payout.id,
+            decline_code=payout.failure_code or f"payout_{payout.status}",
+        )  # fmt: skip
     return GatewayResult("pending", reference=payout.id)

@@ -49,7 +49,6 @@ import httpx
 from infra.settings import Settings
 from models.gateway import (
     CHARGE_SUCCEEDED,
-    PAYOUT_FAILED,
     GatewayCharge,
     GatewayPayout,
     GatewayRefund,
@@ -190,15 +189,13 @@ class CardGateway:
         charge = _parse(_charge, body, unsure=True)
         if charge.succeeded:
             return charge
-        if charge.status == "processing":
+        if not charge.settled_unpaid:
             raise GatewayUnknownOutcome(
                 f"charge {charge.id} is still processing; look it up later", code="processing"
             )
         # Anything else needs the customer (3-D Secure) or another card: not captured.
         raise GatewayDeclined(
-            charge.decline_code or "authentication_required",
-            f"charge {charge.id} ended {charge.status}",
-            charge=charge,
+            charge.refusal_code, f"charge {charge.id} ended {charge.status}", charge=charge
         )
 
     async def find_charge(self, payment_id: str) -> GatewayCharge | None:
@@ -266,9 +263,9 @@ class CardGateway:
             idempotency_key=idempotency_key,
         )
         payout = _parse(_payout, body, unsure=True)
-        if payout.status == PAYOUT_FAILED:
+        if payout.not_made:
             raise GatewayDeclined(
-                payout.failure_code or "payout_failed",
+                payout.failure_code or f"payout_{payout.status}",
                 str(body.get("failure_message") or f"payout {payout.id} failed"),
                 payout=payout,
             )
@@ -280,7 +277,7 @@ class CardGateway:
             _parse(_payout, item, unsure=False)
             for item in await self._search("/v1/payouts/search", payment_id)
         ]
-        live = [p for p in payouts if p.status != PAYOUT_FAILED]
+        live = [p for p in payouts if not p.not_made]
         found = live or payouts
         return found[0] if found else None
 

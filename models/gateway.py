@@ -14,10 +14,16 @@ from typing import Literal
 # A PaymentIntent's status; the sandbox answers only succeeded or requires_payment_method
 # (declined), a real provider may also answer the intermediate ones.
 CHARGE_SUCCEEDED = "succeeded"
+CHARGE_PROCESSING = "processing"  # the only status still on its way to an outcome
 PAYOUT_PAID = "paid"
 PAYOUT_FAILED = "failed"
+# A payout that never left: failed at the bank, or canceled before it was sent.
+PAYOUT_NOT_MADE = frozenset({PAYOUT_FAILED, "canceled"})
 
 SettlementType = Literal["charge", "refund", "payout"]
+# A charge not captured and without a decline code: why, by its status. Any other status
+# (requires_action, requires_confirmation) waits for the customer, which we do not ask.
+_REFUSAL_BY_STATUS = {"requires_payment_method": "card_declined", "canceled": "canceled"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,19 @@ class GatewayCharge:
     @property
     def succeeded(self) -> bool:
         return self.status == CHARGE_SUCCEEDED
+
+    @property
+    def settled_unpaid(self) -> bool:
+        """Not captured and not going to be without the customer: declined, waiting for
+        3-D Secure or another card, or canceled. (``processing`` is still on its way.)"""
+        return not self.succeeded and self.status != CHARGE_PROCESSING
+
+    @property
+    def refusal_code(self) -> str:
+        """Why it was not captured: the card's decline code, else what the status says."""
+        if self.decline_code is not None:
+            return self.decline_code
+        return _REFUSAL_BY_STATUS.get(self.status, "authentication_required")
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,10 @@ class GatewayPayout:
     @property
     def paid(self) -> bool:
         return self.status == PAYOUT_PAID
+
+    @property
+    def not_made(self) -> bool:
+        return self.status in PAYOUT_NOT_MADE
 
 
 @dataclass(frozen=True)

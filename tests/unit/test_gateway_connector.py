@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from activities.payment import charge_result, payout_result
 from infra.gateway import (
     CardGateway,
     GatewayDeclined,
@@ -23,6 +24,8 @@ from infra.gateway import (
     GatewayUnknownOutcome,
 )
 from infra.settings import Settings
+from models.gateway import GatewayCharge, GatewayPayout
+from models.payment import GatewayResult
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -433,3 +436,45 @@ async def test_from_settings_uses_the_configured_url_and_timeouts() -> None:
     finally:
         await gw.aclose()
     assert Settings().gateway_url == "http://127.0.0.1:8101"
+
+
+@pytest.mark.parametrize(
+    ("status", "decline_code", "outcome", "code"),
+    [
+        ("succeeded", None, "succeeded", None),
+        ("processing", None, "pending", None),  # still on its way: looked up again
+        ("requires_payment_method", "insufficient_funds", "declined", "insufficient_funds"),
+        ("requires_payment_method", None, "declined", "card_declined"),
+        ("requires_action", None, "declined", "authentication_required"),
+        ("canceled", None, "declined", "canceled"),
+    ],
+)
+def test_a_charge_a_lookup_finds_reads_as_the_charge_call_reads_it(
+    status: str, decline_code: str | None, outcome: str, code: str | None
+) -> None:
+    """Read otherwise, a canceled intent or one waiting for 3-D Secure stayed pending, and
+    the saga looked it up until its hold expired."""
+    found = GatewayCharge(
+        id="pi_1", status=status, amount=1050, amount_received=0, currency="EUR",
+        payment_id="pay_1", decline_code=decline_code,
+    )  # fmt: skip
+    result = charge_result(found)
+    assert (result.outcome, result.decline_code) == (outcome, code)
+
+
+async def test_a_canceled_payout_never_left_and_reads_as_declined() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=payout_object(status="canceled"))
+
+    with pytest.raises(GatewayDeclined) as caught:
+        await gateway(handler).payout(
+            idempotency_key="k", payment_id="pay_2", amount=700, currency="GBP",
+            destination="ba_bfc_ok",
+        )  # fmt: skip
+    assert caught.value.code == "payout_canceled"
+    found = GatewayPayout(id="po_1", status="canceled", amount=700, currency="GBP",
+                          payment_id="pay_2")  # fmt: skip
+    assert payout_result(found) == GatewayResult("declined", "po_1", "payout_canceled")
+    in_transit = GatewayPayout(id="po_1", status="in_transit", amount=700, currency="GBP",
+                               payment_id="pay_2")  # fmt: skip
+    assert payout_result(in_transit).outcome == "pending"
