@@ -468,23 +468,18 @@ class PaymentStore:
 
     async def refund(self, payment_id: str, refund_id: str) -> StoredRefund | None:
         """One refund of the payment; None for an unknown one or one of another payment."""
-        async with self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                f"SELECT {_REFUND_COLUMNS} FROM payment_refunds "  # noqa: S608 - constant column lists
-                "WHERE id = %s AND payment_id = %s",
-                (refund_id, payment_id),
-            )
-            row = await cur.fetchone()
-        return StoredRefund(**row) if row else None
+        found = await self._refunds("id = %s AND payment_id = %s", (refund_id, payment_id))
+        return found[0] if found else None
 
     async def refunds_of(self, payment_id: str) -> list[StoredRefund]:
+        return await self._refunds("payment_id = %s ORDER BY created_at, id", (payment_id,))
+
+    async def _refunds(self, where: str, params: tuple[str, ...]) -> list[StoredRefund]:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                f"SELECT {_REFUND_COLUMNS} FROM payment_refunds WHERE payment_id = %s "  # noqa: S608 - constant column lists
-                "ORDER BY created_at, id",
-                (payment_id,),
+                f"SELECT {_REFUND_COLUMNS} FROM payment_refunds WHERE {where}",  # noqa: S608 - constant clauses
+                params,
             )
             return [StoredRefund(**row) for row in await cur.fetchall()]
 

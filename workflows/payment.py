@@ -471,9 +471,10 @@ class PaymentWorkflow:
                 # The look itself was refused (a 4xx, a lookup the provider does not
                 # offer): the money may still have moved, and walking back now could pay
                 # out or charge twice. Still unknown: noted once, asked again later.
+                error = _error_type(exc) or type(exc).__name__
                 if failing is None:
-                    self._note("gateway_lookup_failed", _error_type(exc) or type(exc).__name__)
-                failing = _error_type(exc) or type(exc).__name__
+                    self._note("gateway_lookup_failed", error)
+                failing = error
                 continue
             failing = None
             lookups += 1

@@ -24,9 +24,7 @@ from infra.stack.base import Health, Service, StackError
 from infra.stack.process import ProcessRecord
 
 REALM_DIR = Path(__file__).resolve().parent.parent / "deploy" / "keycloak"
-# cache=local: the default cache clusters over JGroups, which listens on every interface
-# (port 7800 and a failure-detection port); one node on loopback needs no cluster.
-BUILD_OPTIONS = ["--db=dev-file", "--health-enabled=true", "--cache=local"]
+BUILD_OPTIONS = ["--db=dev-file", "--health-enabled=true"]
 DEV_ADMIN = ("admin", "dev-admin")  # master-realm console login, development only
 
 
@@ -115,7 +113,10 @@ class KeycloakService(Service):
             f"--http-management-port={s.keycloak_management_port}",
             # A fixed hostname fixes the token issuer, however the server is reached.
             f"--hostname={s.keycloak_url}",
-            "--cache=local",  # also a start option in this version (see BUILD_OPTIONS)
+            # The default cache clusters over JGroups, which listens on every interface
+            # (port 7800 and a failure-detection port); one node on loopback needs none.
+            # A start option: set at build time only, it does not reach the server.
+            "--cache=local",
             "--import-realm",
         ]
         env = dict(os.environ)

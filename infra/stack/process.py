@@ -9,6 +9,7 @@ once pids wrapped around) and counts as gone, whatever its command line says.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pwd
@@ -22,11 +23,17 @@ from pathlib import Path
 from typing import Any
 
 
+@functools.cache
 def _boot_id() -> str:
+    """This boot's id: the same for as long as this process lives (read once)."""
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
-def _stat_fields(pid: int) -> list[str]:
+# Indexes into stat_fields, which starts at field 3 of /proc/<pid>/stat.
+STATE, PROCESS_GROUP, START_TIME = 0, 2, 19
+
+
+def stat_fields(pid: int) -> list[str]:
     """``/proc/<pid>/stat`` from field 3 (the state) on: the command name before it, in
     parentheses, may itself hold spaces and parentheses."""
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -35,7 +42,7 @@ def _stat_fields(pid: int) -> list[str]:
 def start_ticks(pid: int) -> int:
     """When the process started, in clock ticks since boot (field 22): fixed for its life,
     across exec, and different for a later process that gets the same pid."""
-    return int(_stat_fields(pid)[19])
+    return int(stat_fields(pid)[START_TIME])
 
 
 @dataclass(frozen=True)
@@ -50,16 +57,16 @@ class ProcessRecord:
 
     def is_alive(self) -> bool:
         try:
-            fields = _stat_fields(self.pid)
+            fields = stat_fields(self.pid)
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
         except OSError:
             return False
         # Z (zombie) or X (dead) has exited, whether or not anyone has reaped it yet.
-        if fields[:1] in (["Z"], ["X"]):
+        if fields[STATE] in ("Z", "X"):
             return False
         if self.start_ticks is not None:
             # The pid's own process, not a later one that got the same number.
-            return int(fields[19]) == self.start_ticks and _boot_id() == self.boot_id
+            return int(fields[START_TIME]) == self.start_ticks and _boot_id() == self.boot_id
         # An empty command line is a process between fork and exec: still the one we started.
         # Otherwise one of its arguments is the executable (a script's is the second, after
         # its interpreter); a name merely inside an argument (``test_postgres.py``) is not.

@@ -73,6 +73,14 @@ class AccountFactory:
             timeout_seconds=timeout_seconds,
         )
 
+    def resolve(
+        self, hold_id: str, kind: TransferKind, *, name: str, amount: int | None = None
+    ) -> TransferRequest:
+        """The post (``POST_PENDING``, in part with ``amount``) or void of a hold."""
+        return TransferRequest(
+            id=self.transfer_id(name), kind=kind, pending_id=hold_id, amount=amount
+        )
+
     async def fund(self, wallet: Account, amount: int, *, name: str | None = None) -> None:
         """Top a wallet up from the card clearing account, as a captured card payment would."""
         clearing = await self.platform("card_clearing", wallet.currency)

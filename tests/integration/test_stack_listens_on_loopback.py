@@ -9,7 +9,7 @@ from pathlib import Path
 
 from infra.settings import Settings
 from infra.stack.launcher import Stack
-from infra.stack.process import ProcessTable
+from infra.stack.process import PROCESS_GROUP, ProcessTable, stat_fields
 
 # /proc/net/{tcp,udp}{,6} states: 0A is a listening TCP socket, 07 a bound UDP one.
 _LISTENING = {"tcp": "0A", "tcp6": "0A", "udp": "07", "udp6": "07"}
@@ -21,10 +21,10 @@ def _group_members(group: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            fields = stat_fields(int(entry))
         except OSError:
             continue
-        if int(fields[2]) == group:  # field 5, the process group
+        if int(fields[PROCESS_GROUP]) == group:
             members.append(int(entry))
     return members
 

@@ -62,12 +62,7 @@ async def test_a_hold_is_partially_captured_and_the_rest_released(
 
     # The order ships short: capture 1,800 of the 3,000 held; 1,200 goes back to Alice.
     await ledger.create_transfer(
-        TransferRequest(
-            id=accounts.transfer_id("capture"),
-            kind=TransferKind.POST_PENDING,
-            pending_id=hold.id,
-            amount=1_800,
-        )
+        accounts.resolve(hold.id, TransferKind.POST_PENDING, name="capture", amount=1_800)
     )
     account = await ledger.get_account(alice.id)
     assert account is not None
@@ -76,11 +71,7 @@ async def test_a_hold_is_partially_captured_and_the_rest_released(
     # A hold resolves once: neither a second capture nor a void can touch it again.
     for kind in (TransferKind.POST_PENDING, TransferKind.VOID_PENDING):
         with pytest.raises(PendingTransferAlreadyResolved):
-            await ledger.create_transfer(
-                TransferRequest(
-                    id=accounts.transfer_id(f"again_{kind}"), kind=kind, pending_id=hold.id
-                )
-            )
+            await ledger.create_transfer(accounts.resolve(hold.id, kind, name=f"again_{kind}"))
     await books_balance(ledger)
 
 
@@ -95,12 +86,7 @@ async def test_a_capture_cannot_exceed_the_hold(
     )
     with pytest.raises(ExceedsPendingAmount):
         await ledger.create_transfer(
-            TransferRequest(
-                id=accounts.transfer_id("greedy"),
-                kind=TransferKind.POST_PENDING,
-                pending_id=hold.id,
-                amount=1_001,
-            )
+            accounts.resolve(hold.id, TransferKind.POST_PENDING, name="greedy", amount=1_001)
         )
     await books_balance(ledger)
 
@@ -115,11 +101,7 @@ async def test_a_voided_hold_gives_everything_back(
         accounts.move(alice, shop, 4_000, name="hold", kind=TransferKind.PENDING)
     )
     assert await accounts.available(alice) == 0
-    await ledger.create_transfer(
-        TransferRequest(
-            id=accounts.transfer_id("void"), kind=TransferKind.VOID_PENDING, pending_id=hold.id
-        )
-    )
+    await ledger.create_transfer(accounts.resolve(hold.id, TransferKind.VOID_PENDING, name="void"))
     assert await accounts.available(alice) == 4_000
     await books_balance(ledger)
 
@@ -140,18 +122,10 @@ async def test_an_expired_hold_can_be_voided_but_not_captured(
         await asyncio.sleep(1.2)
         with pytest.raises(PendingTransferExpired):
             await ledger.create_transfer(
-                TransferRequest(
-                    id=accounts.transfer_id("late"),
-                    kind=TransferKind.POST_PENDING,
-                    pending_id=hold.id,
-                )
+                accounts.resolve(hold.id, TransferKind.POST_PENDING, name="late")
             )
         await ledger.create_transfer(
-            TransferRequest(
-                id=accounts.transfer_id("release"),
-                kind=TransferKind.VOID_PENDING,
-                pending_id=hold.id,
-            )
+            accounts.resolve(hold.id, TransferKind.VOID_PENDING, name="release")
         )
     assert await accounts.available(alice) == 1_000
     await books_balance(ledger)
@@ -189,9 +163,7 @@ async def test_an_expired_hold_gives_the_money_back_by_itself(
         "void": (TransferKind.VOID_PENDING, voided),
     }
     for name, (kind, held) in settled.items():
-        await ledger.create_transfer(
-            TransferRequest(id=accounts.transfer_id(name), kind=kind, pending_id=held.id)
-        )
+        await ledger.create_transfer(accounts.resolve(held.id, kind, name=name))
     assert await accounts.available(alice) == 300
     await asyncio.sleep(1.2)
 
@@ -214,11 +186,7 @@ async def test_an_expired_hold_gives_the_money_back_by_itself(
     assert resolutions(engine, hold.id) == [f"{hold.id}:expired"]
     with pytest.raises(PendingTransferAlreadyResolved):
         await ledger.create_transfer(
-            TransferRequest(
-                id=accounts.transfer_id("saga_void"),
-                kind=TransferKind.VOID_PENDING,
-                pending_id=hold.id,
-            )
+            accounts.resolve(hold.id, TransferKind.VOID_PENDING, name="saga_void")
         )
     assert await accounts.available(alice) == 1_000
 
@@ -373,17 +341,13 @@ async def test_the_sagas_steps_learn_only_the_id(
     assert await ledger.record_transfer(hold) == hold.id
     assert await ledger.record_transfer(hold) == hold.id  # a retry: still one hold
     assert await accounts.available(alice) == 400
-    post = TransferRequest(
-        id=accounts.transfer_id("post"), kind=TransferKind.POST_PENDING, pending_id=hold.id
-    )
+    post = accounts.resolve(hold.id, TransferKind.POST_PENDING, name="post")
     assert await ledger.record_transfer(post) == post.id
     assert await accounts.available(bob) == 600
     # Refusals are the ledger's typed errors, as from create_transfer.
     with pytest.raises(PendingTransferAlreadyResolved):
         await ledger.record_transfer(
-            TransferRequest(
-                id=accounts.transfer_id("void"), kind=TransferKind.VOID_PENDING, pending_id=hold.id
-            )
+            accounts.resolve(hold.id, TransferKind.VOID_PENDING, name="void")
         )
     with pytest.raises(InsufficientFunds):
         await ledger.record_transfer(accounts.move(alice, bob, 401, name="too_much"))
