@@ -246,7 +246,17 @@ class PaymentActivities:
 
     @activity.defn(name=FIND_PAYOUT)
     async def find_payout(self, payment_id: str) -> GatewayResult:
-        return payout_result(await self._gateway.find_payout(payment_id))
+        # A provider lists payouts by time only (no search): ours was sent after the
+        # payment was accepted, so the list starts there.
+        payment = await self._payments.get(payment_id)
+        if payment is None:  # the API writes the row before it starts the saga
+            raise ApplicationError(
+                f"no payment {payment_id} to look a payout up for",
+                type="PaymentNotFound",
+                non_retryable=True,
+            )
+        found = await self._gateway.find_payout(payment_id, created_since=payment.created_at)
+        return payout_result(found)
 
     @activity.defn(name=REFUND_CHARGE)
     async def refund_charge(self, request: RefundChargeInput) -> GatewayResult:

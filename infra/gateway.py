@@ -61,6 +61,10 @@ STRIPE_API_VERSION = "2024-06-20"
 # Searches and lists return at most 100 per page; a payment has a handful of objects.
 PAGE_SIZE = 100
 MAX_PAGES = 20
+# A payout lookup lists every payout since the payment was accepted (Stripe cannot search
+# payouts); a lookup right after an unknown outcome reads one page.
+MAX_LISTED_PAYOUTS = 5_000
+CLOCK_SLACK = dt.timedelta(hours=1)
 
 JsonObject = dict[str, Any]
 T = TypeVar("T")
@@ -271,15 +275,33 @@ class CardGateway:
             )
         return payout
 
-    async def find_payout(self, payment_id: str) -> GatewayPayout | None:
-        """The gateway's payout for our payment, failed or not; None if there is none."""
-        payouts = [
-            _parse(_payout, item, unsure=False)
-            for item in await self._search("/v1/payouts/search", payment_id)
-        ]
-        live = [p for p in payouts if not p.not_made]
-        found = live or payouts
-        return found[0] if found else None
+    async def find_payout(
+        self, payment_id: str, *, created_since: dt.datetime
+    ) -> GatewayPayout | None:
+        """The gateway's payout for our payment, failed or not; None if there is none.
+
+        Stripe has no search for payouts, so this lists those created since
+        ``created_since`` (less ``CLOCK_SLACK``: the provider's clock is not ours), newest
+        first, and picks ours by its metadata. More than ``MAX_LISTED_PAYOUTS`` to read is
+        ``GatewayRejected``: the outcome stays unknown rather than guessed as absent.
+        """
+        since = int((created_since - CLOCK_SLACK).timestamp())
+        params: dict[str, str | int] = {"created[gte]": since, "limit": PAGE_SIZE}
+        ours: list[GatewayPayout] = []
+        for _ in range(MAX_LISTED_PAYOUTS // PAGE_SIZE):
+            page = await self._get("/v1/payouts", params)
+            items = _parse(_data, page, unsure=False)
+            payouts = [_parse(_payout, item, unsure=False) for item in items]
+            ours.extend(p for p in payouts if p.payment_id == payment_id)
+            if not page.get("has_more") or not payouts:
+                live = [p for p in ours if not p.not_made]
+                found = live or ours
+                return found[0] if found else None
+            params["starting_after"] = payouts[-1].id
+        raise GatewayRejected(
+            f"more than {MAX_LISTED_PAYOUTS} payouts since {created_since.isoformat()}: "
+            f"look up the payout for {payment_id} at the provider by hand"
+        )
 
     # -- reports ---------------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ Endpoints (all but /healthz need ``Authorization: Bearer <BFC_GATEWAY_API_KEY>``
     POST /v1/refunds                         payment_intent, amount (default: the rest)
     GET  /v1/refunds?payment_intent=pi_…     newest first; limit, starting_after
     POST /v1/payouts                         amount, currency, destination (ba_…)
+    GET  /v1/payouts?created[gte]=<unix>     newest first; limit, starting_after (as Stripe,
+                                             which has no search for payouts)
     GET  /v1/payouts/{id}
-    GET  /v1/payouts/search?query=metadata['payment_id']:'pay_…'
     GET  /v1/reports/settlement?date=YYYY-MM-DD   text/csv, see below
     GET  /healthz
 
@@ -373,14 +374,17 @@ class Store:
         ).fetchall()
         return [_loads(row[0]) for row in rows]
 
-    def refunds(
-        self, payment_intent: str | None, *, starting_after: str | None, limit: int
-    ) -> list[JsonObject]:
-        sql = "SELECT data FROM objects WHERE kind = 'refund'"
-        args: list[str | int] = []
-        if payment_intent is not None:
-            sql += " AND payment_intent = ?"
-            args.append(payment_intent)
+    def listed(
+        self, kind: str, where: list[tuple[str, str | int]], *, starting_after: str | None,
+        limit: int,
+    ) -> list[JsonObject]:  # fmt: skip
+        """Objects of a kind, newest first, as a Stripe list pages them; ``where`` holds
+        ``("column <op> ?", value)`` conditions written here, never by a caller's text."""
+        sql = "SELECT data FROM objects WHERE kind = ?"
+        args: list[str | int] = [kind]
+        for condition, value in where:
+            sql += f" AND {condition}"
+            args.append(value)
         if starting_after is not None:
             sql += " AND rowid < (SELECT rowid FROM objects WHERE id = ?)"
             args.append(starting_after)
@@ -510,6 +514,37 @@ def _limit(request: Request) -> int:
     return int(text)
 
 
+# Stripe's range filter on a list: created[gte]=<unix seconds> and its kin.
+CREATED_BOUNDS = {
+    "created[gte]": ">=",
+    "created[gt]": ">",
+    "created[lte]": "<=",
+    "created[lt]": "<",
+}
+
+
+def _created_bounds(request: Request) -> list[tuple[str, str | int]]:
+    bounds: list[tuple[str, str | int]] = []
+    for name, operator in CREATED_BOUNDS.items():
+        text = request.query_params.get(name)
+        if text is None:
+            continue
+        if not text.isdigit():
+            raise ApiError(
+                400, f"Invalid integer: {text}", code="parameter_invalid_integer", param=name
+            )
+        bounds.append((f"created {operator} ?", int(text)))
+    return bounds
+
+
+def _only_query(request: Request, allowed: set[str]) -> None:
+    for name in request.query_params:
+        if name not in allowed:
+            raise ApiError(
+                400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name
+            )
+
+
 def _search_payment_id(request: Request) -> str:
     query = request.query_params.get("query", "")
     match = SEARCH_QUERY.match(query)
@@ -551,7 +586,7 @@ class CardGateway:
             Route("/v1/refunds", self.create_refund, methods=["POST"]),
             Route("/v1/refunds", self.list_refunds, methods=["GET"]),
             Route("/v1/payouts", self.create_payout, methods=["POST"]),
-            Route("/v1/payouts/search", self.search_payouts, methods=["GET"]),
+            Route("/v1/payouts", self.list_payouts, methods=["GET"]),
             Route("/v1/payouts/{id}", self.retrieve_payout, methods=["GET"]),
             Route("/v1/reports/settlement", self.settlement_report, methods=["GET"]),
         ]
@@ -792,19 +827,9 @@ class CardGateway:
 
     async def list_refunds(self, request: Request) -> Response:
         self._authenticate(request)
-        limit = _limit(request)
-        data = self.store.refunds(
-            request.query_params.get("payment_intent"),
-            starting_after=request.query_params.get("starting_after"),
-            limit=limit + 1,
-        )
-        return JSONResponse(
-            {
-                "object": "list",
-                "url": "/v1/refunds",
-                "has_more": len(data) > limit,
-                "data": data[:limit],
-            }
+        intent = request.query_params.get("payment_intent")
+        return self._list_page(
+            request, "refund", [] if intent is None else [("payment_intent = ?", intent)]
         )
 
     # -- payouts -----------------------------------------------------------------------------
@@ -859,10 +884,29 @@ class CardGateway:
     async def retrieve_payout(self, request: Request) -> Response:
         return self._retrieve(request, "payout")
 
-    async def search_payouts(self, request: Request) -> Response:
-        return self._search(request, "payout")
+    async def list_payouts(self, request: Request) -> Response:
+        self._authenticate(request)
+        _only_query(request, {"limit", "starting_after", *CREATED_BOUNDS})
+        return self._list_page(request, "payout", _created_bounds(request))
 
     # -- reads shared by the resources ---------------------------------------------------
+
+    def _list_page(
+        self, request: Request, kind: str, where: list[tuple[str, str | int]]
+    ) -> Response:
+        limit = _limit(request)
+        data = self.store.listed(
+            kind, where, starting_after=request.query_params.get("starting_after"),
+            limit=limit + 1,
+        )  # fmt: skip
+        return JSONResponse(
+            {
+                "object": "list",
+                "url": request.url.path,
+                "has_more": len(data) > limit,
+                "data": data[:limit],
+            }
+        )
 
     def _retrieve(self, request: Request, kind: str) -> Response:
         self._authenticate(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -111,7 +112,19 @@ class GatewayView:
         return await self._search("/v1/payment_intents/search", payment_id)
 
     async def payouts(self, payment_id: str) -> list[dict[str, Any]]:
-        return await self._search("/v1/payouts/search", payment_id)
+        """Every payout for the payment sent in the last hour (Stripe lists payouts by
+        time; it has no search for them)."""
+        since = int(time.time()) - 3600
+        params: dict[str, str | int] = {"created[gte]": since, "limit": 100}
+        ours: list[dict[str, Any]] = []
+        while True:
+            response = await self._client.get("/v1/payouts", params=params)
+            response.raise_for_status()
+            page = response.json()
+            ours += [p for p in page["data"] if p["metadata"].get("payment_id") == payment_id]
+            if not page["has_more"]:
+                return ours
+            params["starting_after"] = page["data"][-1]["id"]
 
     async def refunds(self, intent_id: str) -> list[dict[str, Any]]:
         response = await self._client.get("/v1/refunds", params={"payment_intent": intent_id})

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from infra import gateway as gateway_module
 from infra.gateway import (
     CardGateway,
     GatewayDeclined,
@@ -127,6 +128,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 async def gw(sandbox: Sandbox) -> AsyncIterator[CardGateway]:
     async with sandbox.client() as client:
         yield client
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture
@@ -345,7 +350,7 @@ async def test_a_payout_to_an_open_account_is_paid(gw: CardGateway, pay: str):
 
     assert payout.paid
     assert (payout.amount, payout.currency, payout.payment_id) == (700, "EUR", pay)
-    assert await gw.find_payout(pay) == payout
+    assert await gw.find_payout(pay, created_since=_now()) == payout
     assert await _payout(gw, pay, "ba_bfc_ok") == payout
 
 
@@ -354,7 +359,7 @@ async def test_a_payout_to_a_closed_account_fails_with_account_closed(gw: CardGa
         await _payout(gw, pay, "ba_bfc_closed")
 
     assert caught.value.code == "account_closed"
-    found = await gw.find_payout(pay)
+    found = await gw.find_payout(pay, created_since=_now())
     assert found is not None
     assert (found.status, found.failure_code) == ("failed", "account_closed")
 
@@ -365,15 +370,54 @@ async def test_a_payout_timeout_is_an_unknown_outcome_resolved_by_lookup(
     async with sandbox.client(timeout=IMPATIENT_TIMEOUT) as impatient:
         with pytest.raises(GatewayUnknownOutcome):
             await _payout(impatient, pay, "ba_bfc_timeoutAfterPayout")
-        found = await impatient.find_payout(pay)
+        found = await impatient.find_payout(pay, created_since=_now())
 
     assert found is not None
     assert found.paid
 
 
 async def test_find_payout_answers_none_for_an_unknown_payment(gw: CardGateway, pay: str):
-    assert await gw.find_payout(pay) is None
+    assert await gw.find_payout(pay, created_since=_now()) is None
     assert await gw.find_charge(pay) is None
+
+
+async def test_find_payout_lists_the_payouts_since_the_payment_as_stripe_does(
+    gw: CardGateway, pay: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Stripe cannot search payouts: the lookup pages through those created since the
+    payment (newest first) and picks ours by its metadata, never guessing absent."""
+    accepted = _now()
+    ours = await _payout(gw, pay, "ba_bfc_ok")
+    for i in range(gateway_module.PAGE_SIZE):  # ours ends up on the second page
+        await _payout(gw, f"{pay}-other-{i}", "ba_bfc_ok", amount=100 + i)
+
+    assert await gw.find_payout(pay, created_since=accepted) == ours
+    # Only payouts since the payment (less the clock slack) are read.
+    later = accepted + gateway_module.CLOCK_SLACK + dt.timedelta(minutes=5)
+    assert await gw.find_payout(pay, created_since=later) is None
+    # More to read than a lookup reads: refused, not answered "none".
+    monkeypatch.setattr(gateway_module, "MAX_LISTED_PAYOUTS", gateway_module.PAGE_SIZE)
+    with pytest.raises(GatewayRejected, match="payouts since"):
+        await gw.find_payout(pay, created_since=accepted)
+
+
+async def test_the_sandbox_lists_payouts_like_stripe_and_has_no_payout_search(
+    sandbox: Sandbox, gw: CardGateway, pay: str
+):
+    await _payout(gw, pay, "ba_bfc_ok")
+    async with httpx.AsyncClient(
+        base_url=sandbox.url, headers={"Authorization": f"Bearer {sandbox.key}"}
+    ) as http:
+        since = int(time.time()) - 60
+        page = (await http.get("/v1/payouts", params={"created[gte]": since, "limit": 1})).json()
+        assert (page["object"], page["data"][0]["metadata"]["payment_id"]) == ("list", pay)
+        future = await http.get("/v1/payouts", params={"created[gt]": int(time.time()) + 60})
+        assert future.json()["data"] == []
+        bad = await http.get("/v1/payouts", params={"created[gte]": "yesterday"})
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, "created[gte]")
+        unknown = await http.get("/v1/payouts", params={"query": f"metadata['payment_id']:'{pay}'"})
+        assert unknown.json()["error"]["code"] == "parameter_unknown"
+        assert (await http.get("/v1/payouts/search")).status_code == 404
 
 
 # -- settlement ------------------------------------------------------------------------------

@@ -665,13 +665,36 @@ async def test_gateway_faults_end_succeeded_with_one_charge(
         )
         for method in ("pm_bfc_timeoutAfterCharge", "pm_bfc_error500Twice")
     ]
+    # A payout whose answer is lost too: found again by listing the payouts since the
+    # payment, as at Stripe (which cannot search payouts).
+    payout = await pay(
+        api,
+        alice,
+        {
+            "kind": "payout",
+            "source_account_id": wallets["alice"],
+            "amount": 300,
+            "currency": CURRENCY,
+            "payout_destination": "ba_bfc_timeoutAfterPayout",
+        },
+    )
     for payment in payments:
         final = await wait_for(api, alice, payment["id"], timeout=90)
         assert final["status"] == "succeeded", final
         assert len(await gateway.charges(payment["id"])) == 1
     timed_out = await wait_for(api, alice, payments[0]["id"])
     assert "gateway_outcome_unknown" in [e["event"] for e in timed_out["timeline"]]
-    assert await available(api, alice, wallets["alice"]) == before + 2_000
+    paid_out = await wait_for(api, alice, payout["id"], timeout=90)
+    assert paid_out["status"] == "succeeded", paid_out
+    events = [e["event"] for e in paid_out["timeline"]]
+    assert "gateway_outcome_unknown" in events and "gateway_lookup_failed" not in events
+    # Found by the lookup itself, not by replaying the key after it came back empty.
+    resolved = [
+        e["detail"] for e in paid_out["timeline"] if e["event"] == "gateway_outcome_resolved"
+    ]
+    assert resolved == ["succeeded"], paid_out["timeline"]
+    assert [p["status"] for p in await gateway.payouts(payout["id"])] == ["paid"]
+    assert await available(api, alice, wallets["alice"]) == before + 2_000 - 300
 
 
 @pytest.fixture
