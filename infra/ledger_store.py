@@ -112,6 +112,12 @@ class LedgerStore:
     # -- accounts ---------------------------------------------------------------------
     async def open_account(self, account: NewAccount) -> Account:
         """Create the account; opening the same id again with the same fields returns it."""
+        opened, _ = await self.open_or_get_account(account)
+        return opened
+
+    async def open_or_get_account(self, account: NewAccount) -> tuple[Account, bool]:
+        """``open_account``, and whether this call opened it: of callers racing to open
+        one id, exactly one is told True."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -128,6 +134,7 @@ class LedgerStore:
                     account.credits_must_not_exceed_debits,
                 ),
             )
+            created = cur.rowcount == 1  # 0: ON CONFLICT, it was there already
             existing = await self._get_account(conn, account.id)
         if existing is None:  # accounts are never deleted; this would be a broken database
             raise RuntimeError(f"account {account.id} vanished after insert")
@@ -148,7 +155,7 @@ class LedgerStore:
         )
         if not same:
             raise IdempotencyConflict(f"account {account.id} exists with other fields")
-        return existing
+        return existing, created
 
     async def get_account(self, account_id: str) -> Account | None:
         async with self._pool.connection() as conn:

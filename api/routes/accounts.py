@@ -31,8 +31,9 @@ async def open_wallet(
     if existing is not None:
         response.status_code = status.HTTP_200_OK
         return AccountPublic.of(existing)
-    # A liability of the platform to the customer, which can never go below zero.
-    account = await ledger.open_account(
+    # A liability of the platform to the customer, which can never go below zero. Two
+    # requests racing past the read above open it once; the one that did not is told 200.
+    account, opened = await ledger.open_or_get_account(
         NewAccount(
             id=account_id,
             currency=body.currency,
@@ -42,6 +43,8 @@ async def open_wallet(
             debits_must_not_exceed_credits=True,
         )
     )
+    if not opened:
+        response.status_code = status.HTTP_200_OK
     return AccountPublic.of(account)
 
 

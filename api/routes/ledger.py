@@ -54,14 +54,21 @@ def _key_reused() -> ProblemError:
 
 @router.post("/accounts", status_code=status.HTTP_201_CREATED, response_model=AccountPublic)
 async def open_account(
-    body: AccountCreate, key: IdempotencyKey, principal: StaffPrincipal, ledger: LedgerDep
+    body: AccountCreate,
+    key: IdempotencyKey,
+    principal: StaffPrincipal,
+    ledger: LedgerDep,
+    response: Response,
 ) -> AccountPublic:
     """Open a ledger account (customer wallet, clearing, fees, liquidity, …)."""
     account = NewAccount(id=f"acc_{_key_digest('account', key)}", **body.model_dump())
     try:
-        return AccountPublic.of(await ledger.open_account(account))
+        opened, created = await ledger.open_or_get_account(account)
     except IdempotencyConflict as exc:
         raise _key_reused() from exc
+    if not created:  # the same request under the same key: its answer again
+        response.headers["Idempotent-Replayed"] = "true"
+    return AccountPublic.of(opened)
 
 
 @router.post("/transfers", status_code=status.HTTP_201_CREATED, response_model=TransferBatchPublic)

@@ -313,3 +313,16 @@ async def test_staff_read_the_trial_balance(api: httpx.AsyncClient, logins: Logi
     response = await api.get("/v1/ledger/trial-balance", headers=logins.headers("olivia"))
     assert response.status_code == 200
     assert response.json()["balanced"] is True
+
+
+async def test_an_account_request_sent_again_under_its_key_is_a_marked_replay(
+    api: httpx.AsyncClient, logins: Logins
+) -> None:
+    headers = logins.headers("admin", **{"Idempotency-Key": key()})
+    body = {"currency": "EUR", "kind": "asset", "owner": "platform", "code": "replayed"}
+    first = await api.post("/v1/ledger/accounts", headers=headers, json=body)
+    again = await api.post("/v1/ledger/accounts", headers=headers, json=body)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]

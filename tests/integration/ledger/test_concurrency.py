@@ -14,7 +14,7 @@ from infra.ledger_group_commit import GroupCommitter
 from infra.ledger_store import LedgerStore, create_ledger_pool
 from infra.settings import Settings
 from models.errors import InsufficientFunds, PendingTransferAlreadyResolved
-from models.ledger import AccountKind, TransferKind, TransferRequest
+from models.ledger import AccountKind, NewAccount, TransferKind, TransferRequest
 from tests.helpers.ledger import AccountFactory
 
 
@@ -201,3 +201,22 @@ async def test_a_request_whose_caller_gave_up_is_not_sent_later(
         await pool.close()
     assert await accounts.ledger.find_transfer(abandoned.id) is None
     assert await accounts.available(alice) == 900
+
+
+async def test_twenty_callers_opening_one_account_are_told_once_that_they_opened_it(
+    ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    """What lets ``POST /v1/accounts`` answer 201 once and 200 to the rest of a race."""
+    wallet = NewAccount(
+        id=accounts.account_id("raced"),
+        currency="EUR",
+        kind=AccountKind.LIABILITY,
+        owner="raced",
+        code="customer_wallet",
+        debits_must_not_exceed_credits=True,
+    )
+    answers = await asyncio.gather(*(ledger.open_or_get_account(wallet) for _ in range(20)))
+    assert [opened for _, opened in answers].count(True) == 1
+    assert {account.id for account, _ in answers} == {wallet.id}
+    again, opened = await ledger.open_or_get_account(wallet)
+    assert (again.id, opened) == (wallet.id, False)
