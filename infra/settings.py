@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     vault_secret_id: SecretStr | None = None
 
     keycloak_version: str = "26.7.3"
+    # The distribution's SHA-256 as Maven Central publishes it (the .zip.sha256 beside the
+    # zip); a new version needs its own.
+    keycloak_sha256: str = "27a6535553c3cdcd083872ba40629efafb3475e3b758e0c6f691395561dd0f1f"
     keycloak_port: int = 8080
     keycloak_management_port: int = 9000
     keycloak_realm: str = "bfc"

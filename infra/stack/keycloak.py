@@ -1,7 +1,9 @@
 """Keycloak: the official server distribution from Maven Central, run on the machine's JDK.
 
 First start: ``mvn dependency:copy`` fetches ``org.keycloak:keycloak-quarkus-dist`` (zip)
-into ``.stack/cache``, it is unpacked under ``.stack/keycloak/`` and ``kc.sh build`` bakes
+into ``.stack/cache``; its SHA-256 must be the pinned ``keycloak_sha256`` (Maven only warns
+on a checksum it cannot match, and the zip runs as our identity provider), then it is
+unpacked under ``.stack/keycloak/`` and ``kc.sh build`` bakes
 the build-time options in once; every start after that is ``kc.sh start --optimized``,
 which skips the Quarkus augmentation (about 20 s here). The realm ``bfc`` is imported from
 ``infra/deploy/keycloak/`` at start when it does not exist yet (Keycloak's own
@@ -10,6 +12,7 @@ import-if-absent); its users, roles and sessions persist in the dev-file databas
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +29,22 @@ from infra.stack.process import ProcessRecord
 REALM_DIR = Path(__file__).resolve().parent.parent / "deploy" / "keycloak"
 BUILD_OPTIONS = ["--db=dev-file", "--health-enabled=true"]
 DEV_ADMIN = ("admin", "dev-admin")  # master-realm console login, development only
+
+
+def verify_archive(archive: Path, sha256: str) -> None:
+    """Refuse (and delete, so the next start fetches it again) an archive whose SHA-256 is
+    not the pinned one: a corrupt download, or not the distribution we reviewed."""
+    digest = hashlib.sha256()
+    with archive.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256.lower():
+        archive.unlink()
+        raise StackError(
+            f"keycloak: {archive.name} has SHA-256 {digest.hexdigest()}, not the pinned "
+            f"{sha256}; it was deleted. For another version set BFC_KEYCLOAK_SHA256 to the "
+            "digest Maven Central publishes beside the zip"
+        )
 
 
 class KeycloakService(Service):
@@ -74,6 +93,7 @@ class KeycloakService(Service):
                 ],
                 what=f"fetching Keycloak {version} from Maven Central",
             )
+        verify_archive(archive, self.settings.keycloak_sha256)
         self.home.mkdir(parents=True, exist_ok=True)
         partial = self.home / f".unpacking-{version}"
         shutil.rmtree(partial, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ import pytest
 
 from infra.settings import Settings
 from infra.stack.base import StackError
-from infra.stack.keycloak import KeycloakService
+from infra.stack.keycloak import KeycloakService, verify_archive
 from infra.stack.launcher import Stack
 from infra.stack.process import ProcessTable, port_is_open, start_ticks
 from infra.stack.temporal import TemporalService
@@ -180,3 +181,18 @@ def test_a_start_that_fails_midway_stops_what_it_started(tmp_path: Path) -> None
     assert stack.table.get("smtp") is None
     assert not list((tmp_path / "run").glob("*.json"))
     assert not port_is_open("127.0.0.1", smtp_port)
+
+
+def test_a_keycloak_archive_not_matching_its_pinned_digest_is_refused_and_deleted(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "keycloak-quarkus-dist-0.zip"
+    archive.write_bytes(b"the distribution")
+    pinned = hashlib.sha256(b"the distribution").hexdigest()
+    verify_archive(archive, pinned.upper())  # as published, in either case
+    assert archive.exists()
+
+    archive.write_bytes(b"the distribution, altered")
+    with pytest.raises(StackError, match="BFC_KEYCLOAK_SHA256"):
+        verify_archive(archive, pinned)
+    assert not archive.exists()  # the next start fetches it again
