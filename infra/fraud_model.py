@@ -15,9 +15,12 @@ Artifacts live in one directory per version::
     <models dir>/fraud-v1-<12 hex>/features.json  FEATURE_NAMES the model was trained on
 
 The version hashes everything that decides the model (generator version, seed, row count,
-hyper-parameters, feature names), so the same inputs always give the same version name and,
-training being deterministic, the same model. ``model.joblib`` is a pickle: only load
-artifacts this platform wrote itself.
+hyper-parameters, feature names, and the scikit-learn release that fits it, as another
+release may fit other trees from the same rows), so the same inputs always give the same
+version name and, training being deterministic, the same model. A model fitted by another
+scikit-learn release than the running one is not loaded (a pickle is only safe to read
+with the release that wrote it): ``ensure_model`` fits a new version instead.
+``model.joblib`` is a pickle: only load artifacts this platform wrote itself.
 
 A worker calls ``ensure_model`` once at start and keeps the ``FraudScorer`` for the life of
 the process; ``FraudScorer.score`` is synchronous and scores one payment in well under a
@@ -263,6 +266,7 @@ def model_version(seed: int, count: int) -> str:
         "count": count,
         "hyper_params": HYPER_PARAMS,
         "features": list(FEATURE_NAMES),
+        "sklearn": sklearn.__version__,
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     return VERSION_PREFIX + digest[:12]
@@ -378,8 +382,14 @@ def load_version(models_dir: Path, version: str) -> FraudScorer:
     trained_on = json.loads((directory / FEATURES_FILE).read_text())
     if trained_on != list(FEATURE_NAMES):
         raise ModelArtifactError(f"fraud model {version} was trained on other features")
-    estimator = joblib.load(directory / MODEL_FILE)
     metrics = json.loads((directory / METRICS_FILE).read_text())
+    fitted_by = metrics.get("sklearn_version")
+    if fitted_by != sklearn.__version__:
+        raise ModelArtifactError(
+            f"fraud model {version} was fitted by scikit-learn {fitted_by}, "
+            f"this is {sklearn.__version__}"
+        )
+    estimator = joblib.load(directory / MODEL_FILE)
     return FraudScorer(estimator, version, metrics)
 
 

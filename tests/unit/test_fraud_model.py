@@ -4,10 +4,12 @@ artifacts load back to the same scores without retraining."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import numpy as np
 import pytest
+import sklearn
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from infra import fraud_model
@@ -174,6 +176,25 @@ def test_ensure_model_replaces_a_model_trained_on_other_features(
     assert calls == [SEED]
     assert scorer.version == model_version(SEED, COUNT) != old.version
     assert load_current(tmp_path).version == scorer.version
+
+
+def test_a_model_fitted_by_another_scikit_learn_is_refitted_under_a_new_version(
+    trained, monkeypatch, tmp_path
+) -> None:
+    """What an upgrade of scikit-learn finds: the pickle of the release before, whose trees
+    the new release might not fit alike from the same rows."""
+    save(trained, tmp_path)
+    metrics_file = tmp_path / trained.version / METRICS_FILE
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "sklearn_version": "0.0.1"}))
+    with pytest.raises(ModelArtifactError, match=re.escape("scikit-learn 0.0.1")):
+        load_current(tmp_path)
+
+    monkeypatch.setattr(sklearn, "__version__", "99.0.0")
+    assert model_version(SEED, COUNT) != trained.version  # the release is part of the name
+    refitted = ensure_model(tmp_path, SEED, count=COUNT)
+    assert refitted.version == model_version(SEED, COUNT)
+    assert refitted.metrics["sklearn_version"] == "99.0.0"
 
 
 def test_no_current_model_or_a_bad_name_is_an_artifact_error(tmp_path) -> None:
