@@ -104,6 +104,8 @@ class Stack:
     def _wait(self, name: str) -> None:
         log.info("waiting for %s", name)
         self.services[name].wait_ready()
+        # Ready, so whatever it runs as children has started: record them with it.
+        self.services[name].table.adopt_children(name)
 
     def _start(self, name: str, report: UpReport) -> None:
         if self.services[name].start():

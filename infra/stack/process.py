@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ def _boot_id() -> str:
 
 
 # Indexes into stat_fields, which starts at field 3 of /proc/<pid>/stat.
-STATE, PROCESS_GROUP, START_TIME = 0, 2, 19
+STATE, PARENT, PROCESS_GROUP, START_TIME = 0, 1, 2, 19
 
 
 def stat_fields(pid: int) -> list[str]:
@@ -45,6 +45,18 @@ def start_ticks(pid: int) -> int:
     return int(stat_fields(pid)[START_TIME])
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` right now."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat_fields(int(entry.name))[PARENT]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
 @dataclass(frozen=True)
 class ProcessRecord:
     name: str
@@ -54,8 +66,26 @@ class ProcessRecord:
     # None in records written before these were kept: the command line decides alone.
     start_ticks: int | None = None
     boot_id: str | None = None
+    # [pid, start ticks] of the children the process had started by the time it was ready
+    # (kc.sh runs Keycloak's JVM as its child): ours too, and still running if it is killed.
+    members: list[list[int]] = field(default_factory=list)
 
     def is_alive(self) -> bool:
+        """The process, or one of its recorded children, still runs."""
+        return self.leader_alive() or bool(self.live_members())
+
+    def live_members(self) -> list[int]:
+        return [pid for pid, ticks in self.members if self._same(pid, ticks)]
+
+    def _same(self, pid: int, ticks: int) -> bool:
+        try:
+            fields = stat_fields(pid)
+        except OSError:
+            return False
+        alive = fields[STATE] not in ("Z", "X")
+        return alive and int(fields[START_TIME]) == ticks and _boot_id() == self.boot_id
+
+    def leader_alive(self) -> bool:
         try:
             fields = stat_fields(self.pid)
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
@@ -146,12 +176,28 @@ class ProcessTable:
             start_ticks=start_ticks(proc.pid),
             boot_id=_boot_id(),
         )
+        self._write(record)
+        return record
+
+    def adopt_children(self, name: str) -> None:
+        """Record the children the process has started so far as part of it, so that
+        they are found and stopped with it even once it is gone itself."""
+        record = self.get(name)
+        if record is None:
+            return
+        members = [[pid, ticks] for pid, ticks in record.members if pid in record.live_members()]
+        for pid in children_of(record.pid):
+            with contextlib.suppress(OSError):
+                if not any(known == pid for known, _ in members):
+                    members.append([pid, start_ticks(pid)])
+        self._write(replace(record, members=members))
+
+    def _write(self, record: ProcessRecord) -> None:
         # Whole or not at all: a half-written record would hide a running process.
-        path = self._record_path(name)
+        path = self._record_path(record.name)
         partial = path.with_suffix(".json.tmp")
         partial.write_text(json.dumps(asdict(record)))
         partial.replace(path)
-        return record
 
     def stop(
         self, name: str, *, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0
@@ -161,23 +207,38 @@ class ProcessTable:
         if record is None:
             return False
         # The process leads its own session (start_new_session), so its group id is its pid:
-        # signalling the group also ends children such as the JVM that kc.sh starts.
-        _signal_group(record.pid, sig)
+        # signalling the group also ends children such as the JVM that kc.sh starts. Its
+        # recorded children are signalled by pid too, in case the group is gone with it.
+        _signal_all(record, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not record.is_alive():
                 break
             time.sleep(0.1)
         else:
-            _signal_group(record.pid, signal.SIGKILL)
+            _signal_all(record, signal.SIGKILL)
         _reap(record.pid)
         self._record_path(name).unlink(missing_ok=True)
         return True
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
+def _signal_all(record: ProcessRecord, sig: signal.Signals) -> None:
+    members = record.live_members()  # each one checked by its start time just now
+    # The group's id is the leader's pid: only while the leader or one of ours is in the
+    # group can that id not have gone to another program's group.
+    if record.leader_alive() or any(_group_of(pid) == record.pid for pid in members):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pid, sig)
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return int(stat_fields(pid)[PROCESS_GROUP])
+    except OSError:
+        return None
 
 
 def _reap(pid: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -16,7 +17,7 @@ from infra.settings import Settings
 from infra.stack.base import StackError
 from infra.stack.keycloak import KeycloakService, verify_archive
 from infra.stack.launcher import Stack
-from infra.stack.process import ProcessTable, port_is_open, start_ticks
+from infra.stack.process import ProcessTable, children_of, port_is_open, start_ticks
 from infra.stack.temporal import TemporalService
 
 
@@ -196,3 +197,31 @@ def test_a_keycloak_archive_not_matching_its_pinned_digest_is_refused_and_delete
     with pytest.raises(StackError, match="BFC_KEYCLOAK_SHA256"):
         verify_archive(archive, pinned)
     assert not archive.exists()  # the next start fetches it again
+
+
+def test_a_child_its_killed_leader_left_running_is_still_ours_and_is_stopped(
+    tmp_path: Path,
+) -> None:
+    """kc.sh runs Keycloak's JVM as a child: with kc.sh killed, the JVM must neither be
+    forgotten (holding the port, "in use by a process this stack did not start") nor
+    outlive ``stop``."""
+    table = ProcessTable(tmp_path)
+    leader = table.start("launcher", ["/bin/sh", "-c", "sleep 30 & wait"])
+    deadline = time.monotonic() + 5
+    while not children_of(leader.pid):
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.02)
+    table.adopt_children("launcher")
+    [child] = children_of(leader.pid)
+
+    os.kill(leader.pid, signal.SIGKILL)
+    _wait_exit(leader.pid)
+    kept = table.get("launcher")
+    assert kept is not None and kept.live_members() == [child]
+
+    assert table.stop("launcher", timeout=5)
+    deadline = time.monotonic() + 5
+    while not _gone(child):
+        assert time.monotonic() < deadline, f"child {child} outlived stop"
+        time.sleep(0.02)
+    assert table.get("launcher") is None
