@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import AnyHttpUrl, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.risk import RiskPolicy
@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     keycloak_jwks_refresh_cooldown_seconds: float = 5.0
 
     api_port: int = 8000
+    # Where browsers reach the API, when not at api_url (a TLS proxy in a deployment): the
+    # sign-in's callback is built on it, and an https one marks the cookies Secure.
+    api_public_url: AnyHttpUrl | None = None
 
     # Outgoing mail; locally the stack's SMTP sink (infra/sandbox/smtp_sink.py).
     smtp_host: str = "127.0.0.1"
@@ -206,6 +209,13 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def api_browser_url(self) -> str:
+        """The API as browsers reach it: ``api_public_url`` if set, else ``api_url``."""
+        if self.api_public_url is None:
+            return self.api_url
+        return str(self.api_public_url).rstrip("/")
 
     @property
     def gateway_url(self) -> str:

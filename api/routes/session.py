@@ -66,7 +66,13 @@ def _sign_in_failed(detail: str) -> ProblemError:
 
 
 def _callback_url(settings: Settings) -> str:
-    return f"{settings.api_url}/auth/callback"
+    return f"{settings.api_browser_url}/auth/callback"
+
+
+def _secure(settings: Settings) -> bool:
+    # Over https the cookies must never travel in clear; over the local stack's http a
+    # Secure cookie would not come back (loopback aside, which not every browser honours).
+    return settings.api_browser_url.startswith("https://")
 
 
 def _allowed_next(request: Request, next_url: str) -> bool:
@@ -109,6 +115,7 @@ async def login(
         sign(request.app.state.session_key, login_state),
         max_age=LOGIN_TTL_SECONDS,
         httponly=True,
+        secure=_secure(settings),
         samesite="lax",
         path="/auth",
     )
@@ -167,8 +174,9 @@ async def callback(
         token,
         max_age=max(1, int(verified.claims["exp"]) - int(time.time())),
         httponly=True,
+        secure=_secure(settings),
         samesite="lax",
         path="/codec",
     )
-    response.delete_cookie(LOGIN_COOKIE, path="/auth")
+    response.delete_cookie(LOGIN_COOKIE, path="/auth", secure=_secure(settings), httponly=True)
     return response

@@ -12,6 +12,7 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 from temporalio.converter import default as default_converter
 
+from api.main import create_app
 from infra.envelope import EnvelopeCipher
 from infra.settings import Settings
 from infra.temporal import EnvelopePayloadCodec
@@ -119,3 +120,28 @@ async def test_a_sign_in_keycloak_sent_back_with_an_error_or_a_strange_cookie_is
         headers={b"Cookie": "bfc_login=x.\u00e9".encode()},
     )
     assert (odd.status_code, odd.json()["code"]) == (401, "sign_in_failed")
+
+
+async def test_behind_an_https_address_the_sign_in_comes_back_there_with_secure_cookies(
+    settings: Settings,
+) -> None:
+    public = settings.model_copy(update={"api_public_url": "https://payments.example/"})
+    app = create_app(public)
+    ui_page = f"{settings.temporal_ui_url}/namespaces/default/workflows"
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as proxied:
+            start = await proxied.get("/auth/login", params={"next": ui_page})
+    assert start.status_code == 307, start.text
+    sent_back_to = parse_qs(urlsplit(start.headers["location"]).query)["redirect_uri"]
+    assert sent_back_to == ["https://payments.example/auth/callback"]
+    assert "Secure" in start.headers["set-cookie"]
+
+
+async def test_on_the_local_stack_the_cookies_are_not_marked_secure(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    ui_page = f"{settings.temporal_ui_url}/namespaces/default/workflows"
+    start = await api.get("/auth/login", params={"next": ui_page})
+    assert start.status_code == 307, start.text
+    assert "Secure" not in start.headers["set-cookie"]
