@@ -196,7 +196,22 @@ async def decide(
     # (as every key of ours is), or a second officer who happened to send the same key
     # would be answered with the first one's decision and have their own dropped.
     update_id = f"{principal.subject}:{key}" if key else None
-    return await _update(temporal_or_503(temporal), review_id, body.decision, request, update_id)
+    state = await _update(temporal_or_503(temporal), review_id, body.decision, request, update_id)
+    # Under a used key the case answers the first request's result without looking at this
+    # one: a different decision or reason sent under it was not applied, and must not
+    # be answered as if it had been.
+    if update_id is not None and not any(
+        (entry.actor, entry.decision, entry.reason)
+        == (principal.subject, body.decision, body.reason)
+        for entry in state.history
+    ):
+        raise ProblemError(
+            409,
+            "idempotency_key_reused",
+            "Idempotency-Key reused with a different request",
+            "this key carried another decision on this case; send a new Idempotency-Key",
+        )
+    return state
 
 
 @router.post("/{review_id}/assign", response_model=None)

@@ -97,6 +97,15 @@ async def test_two_officers_decide_a_four_eyes_case(
     assert (first.json()["status"], len(first.json()["approvals"])) == ("open", 1)
     replayed = await api.post(path, json=approve, headers=logins.headers("carol") | same_key)
     assert (replayed.status_code, len(replayed.json()["approvals"])) == (200, 1)
+    # The same key with another decision was not applied: not answered as if it had been.
+    reject = {"decision": "reject", "reason": "changed my mind"}
+    reused = await api.post(path, json=reject, headers=logins.headers("carol") | same_key)
+    assert (reused.status_code, reused.json()["code"]) == (409, "idempotency_key_reused")
+    unchanged = (await api.get(f"/v1/reviews/{review_id}", headers=logins.headers("olivia"))).json()
+    assert (unchanged["status"], [h["decision"] for h in unchanged["history"]]) == (
+        "open",
+        ["approve"],
+    )
 
     again = await api.post(path, json=approve, headers=logins.headers("carol"))
     assert again.status_code == 409
