@@ -287,7 +287,9 @@ class LedgerStore:
 
     # -- history ----------------------------------------------------------------------
     async def entries(self, account_id: str, *, after_seq: int = 0, limit: int = 50) -> list[Entry]:
-        """Posted entries of an account, oldest first, each with the balance after it."""
+        """Posted entries of an account, oldest first, each with the balance after it; only
+        those no earlier entry can still appear behind (migration 0017), so a caller paging
+        by ``seq`` misses none."""
         account = await self.get_account(account_id)
         if account is None:
             return []
@@ -296,16 +298,21 @@ class LedgerStore:
         if not account.kind.credit_normal:
             sign = "CASE WHEN side = 'debit' THEN amount ELSE -amount END"
         async with self._pool.connection() as conn:
+            # A statement (a transaction) of its own: its lock waits for the account's
+            # writers in flight and ends before the page is read.
+            horizon = await conn.execute("SELECT ledger_entries_horizon(%s)", (account_id,))
+            row = await horizon.fetchone()
+            settled = int(row[0]) if row else 0
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"""
                 SELECT seq, transfer_id, side, amount, created_at, running_balance FROM (
                     SELECT seq, transfer_id, side, amount, created_at,
                            sum({sign}) OVER (ORDER BY seq, side) AS running_balance
-                    FROM ledger_entries WHERE account_id = %s
+                    FROM ledger_entries WHERE account_id = %s AND seq <= %s
                 ) e WHERE seq > %s ORDER BY seq LIMIT %s
                 """,  # noqa: S608 - sign is one of two constant expressions
-                (account_id, after_seq, limit),
+                (account_id, settled, after_seq, limit),
             )
             return [Entry(**{**row, "running_balance": int(row["running_balance"])})
                     for row in await cur.fetchall()]  # fmt: skip

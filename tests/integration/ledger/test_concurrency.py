@@ -220,3 +220,38 @@ async def test_twenty_callers_opening_one_account_are_told_once_that_they_opened
     assert {account.id for account, _ in answers} == {wallet.id}
     again, opened = await ledger.open_or_get_account(wallet)
     assert (again.id, opened) == (wallet.id, False)
+
+
+async def test_a_page_of_entries_never_passes_an_entry_still_being_committed(
+    settings: Settings, ledger: LedgerStore, accounts: AccountFactory
+) -> None:
+    """A transfer's seq is drawn before its commit, so a later one can commit first. A
+    reader handed the later entry would move its cursor past the earlier one and never
+    see it. The page waits for the account's writers in flight instead."""
+    fees = await accounts.platform("fees")  # unlimited: its writers never lock its row
+    alice = await accounts.wallet("alice")
+    bob = await accounts.wallet("bob")
+    await accounts.fund(alice, 1_000)
+    await accounts.fund(bob, 1_000)
+    s = settings
+    conninfo = (
+        f"host={s.postgres_host} port={s.postgres_port} dbname={s.postgres_db} "
+        f"user={s.postgres_user}"
+    )
+    async with await psycopg.AsyncConnection.connect(conninfo) as first:
+        early = await _submit(
+            first, Jsonb([accounts.move(alice, fees, 100, name="early").as_json()])
+        )
+        assert early["ok"], early  # drawn its seq; its transaction stays open
+        late = await ledger.create_transfer(accounts.move(bob, fees, 200, name="late"))
+        assert late.seq > early["transfers"][0]["seq"]
+        page = asyncio.create_task(ledger.entries(fees.id))
+        await asyncio.sleep(1.0)
+        assert not page.done(), f"paged past an uncommitted entry: {page}"
+        await first.commit()
+        entries = await asyncio.wait_for(page, timeout=10)
+    assert [e.transfer_id for e in entries] == [
+        accounts.transfer_id("early"),
+        accounts.transfer_id("late"),
+    ]
+    assert [e.running_balance for e in entries] == [-100, -300]  # credits to an asset
