@@ -59,6 +59,21 @@ class ApplicationCreate(BaseModel):
             raise ValueError("a name needs at least one letter or digit")
         return name
 
+    def residence_problems(self) -> list[dict[str, str]]:
+        """The country of residence and the address's must agree: the country decides the
+        application's risk rating, so one that differs from the address would let a
+        high-risk residence be rated as another."""
+        if self.address.country == self.country:
+            return []
+        return [
+            {
+                "field": "address.country",
+                "code": "country_mismatch",
+                "message": f"the address is in {self.address.country}, the residence "
+                f"country given is {self.country}",
+            }
+        ]
+
     @field_validator("date_of_birth")
     @classmethod
     def _adult_and_past(cls, born: date) -> date:

@@ -26,7 +26,7 @@ from api.deps import (
     require_idempotency_key,
     temporal_or_503,
 )
-from api.errors import ProblemError, unavailable
+from api.errors import ProblemError, invalid_fields, unavailable
 from api.onboarding_starter import ApplicationStarter
 from api.workflow_calls import live_view
 from infra.onboarding_store import OnboardingStore, StoredApplication
@@ -176,6 +176,9 @@ async def apply(
 ) -> ApplicationPublic:
     """An app applies for a person; the platform verifies, screens and decides."""
     key = require_idempotency_key(key)
+    problems = body.residence_problems()
+    if problems:
+        raise invalid_fields(problems)
     application, created = await asyncio.to_thread(
         _store(request).apply,
         onboarding_id=new_id("onb"),

@@ -473,6 +473,17 @@ async def test_idempotent_applications_and_refusals(
         )
         assert unscreenable.status_code == 422, unscreenable.text
         assert [e["field"] for e in unscreenable.json()["errors"]] == [field]
+    # A residence other than the address's country would be rated by the wrong country.
+    elsewhere = {**body, "address": {**body["address"], "country": "IR"}}
+    mismatch = await api.post(
+        "/v1/onboarding",
+        json=elsewhere,
+        headers={**app_headers, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert mismatch.status_code == 422, mismatch.text
+    assert [(e["field"], e["code"]) for e in mismatch.json()["errors"]] == [
+        ("address.country", "country_mismatch")
+    ]
     customer = await api.post("/v1/onboarding", json=body, headers=logins.headers("alice"))
     assert customer.status_code == 403
     # Another party's application is not there for bob, nor for another app's token.
