@@ -54,7 +54,6 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from models.errors import LEDGER_ERRORS
     from models.notifications import (
         PlatformEvent,
         RecordedEvent,
@@ -106,12 +105,14 @@ with workflow.unsafe.imports_passed_through():
     # Shared, not re-imported into every run's sandbox (a module import per payment
     # was a measurable share of the worker's CPU).
     from workflows.notification import announce
-    from workflows.retries import LOCAL_RETRY_THRESHOLD, QUICK, UNTIL_ANSWERED
+    from workflows.retries import (
+        LOCAL_RETRY_THRESHOLD,
+        QUICK,
+        UNTIL_ANSWERED,
+        ledger_refusal_code,
+    )
 
 T = TypeVar("T")
-
-# ApplicationError type (the error's class name) -> the code the API shows.
-LEDGER_CODES = {cls.__name__: code for code, cls in LEDGER_ERRORS.items()}
 
 STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
 RISK_SCORE = SearchAttributeKey.for_float("RiskScore")
@@ -322,7 +323,7 @@ class PaymentWorkflow:
                 str,
             )
         except (ActivityError, ApplicationError) as exc:
-            code = _business_code(exc)
+            code = ledger_refusal_code(exc)
             if code is None:
                 if workflow.patched(VOID_UNANSWERED_HOLD):
                     # Retries ran out, but an attempt may have landed with only its answer
@@ -342,7 +343,7 @@ class PaymentWorkflow:
             try:
                 post_id = await self._quick(POST_HOLD, request, str)
             except (ActivityError, ApplicationError) as exc:
-                if _business_code(exc) is not None or not self._payout_left():
+                if ledger_refusal_code(exc) is not None or not self._payout_left():
                     raise
                 # The money is at the bank and cannot be called back, so walking back is
                 # no option: the ledger must record it. Until it answers, the payment is
@@ -350,7 +351,7 @@ class PaymentWorkflow:
                 self._note("post_retried", "the payout left; its post must land")
                 post_id = await self._quick(POST_HOLD, request, str, retry_policy=UNTIL_ANSWERED)
         except (ActivityError, ApplicationError) as exc:
-            code = _business_code(exc)
+            code = ledger_refusal_code(exc)
             if code is None:
                 raise
             return await self._post_failed(code)
@@ -667,16 +668,6 @@ def _given(value: str | None, name: str) -> str:
 def _error_type(exc: ActivityError) -> str | None:
     cause = exc.cause
     return cause.type if isinstance(cause, ApplicationError) else None
-
-
-def _business_code(exc: ActivityError | ApplicationError) -> str | None:
-    """The stable code of a ledger refusal (activities raise it named after its class).
-    A local activity's failure arrives as the ApplicationError itself, a regular one's as
-    the cause of an ActivityError."""
-    cause = exc.cause if isinstance(exc, ActivityError) else exc
-    if isinstance(cause, ApplicationError) and cause.type in LEDGER_CODES:
-        return LEDGER_CODES[cause.type]
-    return None
 
 
 if __name__ == "__main__":  # the sandbox re-imports this module; nothing runs on import

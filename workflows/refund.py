@@ -34,7 +34,6 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from models.errors import LEDGER_ERRORS
     from models.notifications import (
         PlatformEvent,
         event_id,
@@ -63,9 +62,13 @@ with workflow.unsafe.imports_passed_through():
     # Shared, not re-imported into every run's sandbox (a module import per payment
     # was a measurable share of the worker's CPU).
     from workflows.notification import announce
-    from workflows.retries import LOCAL_RETRY_THRESHOLD, QUICK, UNTIL_ANSWERED
+    from workflows.retries import (
+        LOCAL_RETRY_THRESHOLD,
+        QUICK,
+        UNTIL_ANSWERED,
+        ledger_refusal_code,
+    )
 
-LEDGER_CODES = {cls.__name__: code for code, cls in LEDGER_ERRORS.items()}
 STATUS = SearchAttributeKey.for_keyword("PaymentStatus")
 
 # The final record: retried until it lands (the refund's outcome is settled by then).
@@ -102,10 +105,9 @@ class RefundWorkflow:
                 local_retry_threshold=self._local_retry_threshold(),
             )
         except (ActivityError, ApplicationError) as exc:
-            # A local activity's failure arrives as the ApplicationError itself.
-            cause = exc.cause if isinstance(exc, ActivityError) else exc
-            if isinstance(cause, ApplicationError) and cause.type in LEDGER_CODES:
-                return await self._finish("failed", LEDGER_CODES[cause.type], None)
+            code = ledger_refusal_code(exc)
+            if code is not None:
+                return await self._finish("failed", code, None)
             if not self._resolves_hold:
                 raise
             # Retries ran out; an attempt may have landed with only its answer lost.
