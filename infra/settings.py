@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, SecretStr
+from pydantic import AnyHttpUrl, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.risk import RiskPolicy
@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # Where browsers reach the API, when not at api_url (a TLS proxy in a deployment): the
     # sign-in's callback is built on it, and an https one marks the cookies Secure.
     api_public_url: AnyHttpUrl | None = None
+    # The API's CPU priority on a host it shares with the worker and the servers (the local
+    # stack): its answers wait for a core first. 0 leaves it; below 0 needs root or
+    # CAP_SYS_NICE, and is skipped with a warning without them.
+    api_cpu_nice: int = Field(default=-5, ge=-20, le=19)
 
     # Outgoing mail; locally the stack's SMTP sink (infra/sandbox/smtp_sink.py).
     smtp_host: str = "127.0.0.1"

@@ -104,6 +104,25 @@ class ProcessRecord:
         return not cmdline or any(os.path.basename(arg) == name for arg in cmdline.split(b"\0"))
 
 
+def set_cpu_nice(pid: int, nice: int) -> str | None:
+    """Give a process we started this CPU priority; the reason if it could not be done.
+
+    Each process of the stack leads a session of its own, and with the kernel's autogroup
+    scheduling on, a session is a scheduling group: the group's nice, not the process's,
+    decides its share against the others. Without autogroup the process's own nice does
+    (its main thread's, where an event loop runs)."""
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    try:
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        if enabled and autogroup.exists():
+            autogroup.write_text(f"{nice}\n")
+        else:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def run_as(user: str | None) -> dict[str, Any]:
     """``subprocess`` arguments that run a child as ``user`` with that user's own group and
     no other. ``user=`` alone keeps root's group: a folder of group root without group bits

@@ -7,9 +7,12 @@ import ipaddress
 import os
 from pathlib import Path
 
+import pytest
+
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.stack.process import PROCESS_GROUP, ProcessTable, stat_fields
+from tests.helpers.processes import effective_nice
 
 # /proc/net/{tcp,udp}{,6} states: 0A is a listening TCP socket, 07 a bound UDP one.
 _LISTENING = {"tcp": "0A", "tcp6": "0A", "udp": "07", "udp6": "07"}
@@ -94,3 +97,13 @@ def test_keycloaks_database_is_for_this_user_alone(stack: Stack, settings: Setti
     """It holds the realm's signing keys, client secrets and password hashes."""
     data = next((settings.stack_path / "keycloak").glob("keycloak-*/data"))
     assert data.stat().st_mode & 0o077 == 0, oct(data.stat().st_mode)
+
+
+def test_the_stack_api_runs_first_in_line_for_a_core(settings: Settings) -> None:
+    """What `bfc up` does for the API on a shared host (BFC_API_CPU_NICE)."""
+    record = ProcessTable(settings.stack_path).get("api")
+    if record is None:
+        pytest.skip("the stack's API is not running")
+    if os.geteuid() != 0:
+        pytest.skip("a raised priority needs root or CAP_SYS_NICE")
+    assert effective_nice(record.pid) == settings.api_cpu_nice

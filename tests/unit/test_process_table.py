@@ -17,8 +17,15 @@ from infra.settings import Settings
 from infra.stack.base import StackError
 from infra.stack.keycloak import KeycloakService, verify_archive
 from infra.stack.launcher import Stack
-from infra.stack.process import ProcessTable, children_of, port_is_open, start_ticks
+from infra.stack.process import (
+    ProcessTable,
+    children_of,
+    port_is_open,
+    set_cpu_nice,
+    start_ticks,
+)
 from infra.stack.temporal import TemporalService
+from tests.helpers.processes import effective_nice
 
 
 def _wait_exit(pid: int) -> None:
@@ -225,3 +232,14 @@ def test_a_child_its_killed_leader_left_running_is_still_ours_and_is_stopped(
         assert time.monotonic() < deadline, f"child {child} outlived stop"
         time.sleep(0.02)
     assert table.get("launcher") is None
+
+
+def test_a_started_process_gets_the_cpu_priority_asked_for(tmp_path: Path) -> None:
+    table = ProcessTable(tmp_path)
+    record = table.start("sleeper", ["/bin/sleep", "30"])
+    try:
+        assert effective_nice(record.pid) == 0
+        assert set_cpu_nice(record.pid, 3) is None  # lower priority: anyone may ask it
+        assert effective_nice(record.pid) == 3
+    finally:
+        table.stop("sleeper", timeout=5)
