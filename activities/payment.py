@@ -35,7 +35,7 @@ from models.errors import (
     PendingTransferExpired,
     PendingTransferNotFound,
 )
-from models.gateway import GatewayCharge, GatewayPayout
+from models.gateway import GatewayCharge, GatewayPayout, GatewayRefund
 from models.ledger import AccountKind, NewAccount, TransferKind, TransferRequest
 from models.notifications import RecordedEvent
 from models.payment import (
@@ -260,24 +260,32 @@ class PaymentActivities:
 
     @activity.defn(name=REFUND_CHARGE)
     async def refund_charge(self, request: RefundChargeInput) -> GatewayResult:
+        charge, key = request.gateway_reference, request.idempotency_key
+        # Retryable and unknown outcomes are retried with the same key, which the provider
+        # applies once, but only while it remembers the key (Stripe: 24 hours). A retry
+        # therefore looks for a refund made under the key first.
+        if activity.info().attempt > 1:
+            earlier = await self._gateway.find_refund(charge, key)
+            if earlier is not None:
+                return refund_result(earlier)
         try:
             refund = await self._gateway.refund(
-                idempotency_key=request.idempotency_key,
-                charge_id=request.gateway_reference,
+                idempotency_key=key,
+                charge_id=charge,
                 amount=request.amount,
                 payment_id=request.payment_id,
             )
         except GatewayDeclined as exc:
             return GatewayResult("declined", decline_code=exc.code)
         except GatewayRejected as exc:
+            # A refusal (charge_already_refunded, say) of a request an earlier attempt may
+            # have applied is no proof that nothing was refunded: taken for a decline, the
+            # saga would give the wallet its money back with the card refunded too.
+            earlier = await self._gateway.find_refund(charge, key)
+            if earlier is not None:
+                return refund_result(earlier)
             raise ApplicationError(str(exc), type=GATEWAY_REJECTED, non_retryable=True) from exc
-        # Retryable and unknown outcomes are retried with the same key: a refund replayed
-        # under its key is applied once by the gateway.
-        if refund.status in REFUND_NOT_MADE:
-            # A provider may answer with the refund object and its end, not an error.
-            return GatewayResult("declined", reference=refund.id, decline_code="refund_failed")
-        # "pending" (and "requires_action"): the provider has taken the refund on.
-        return GatewayResult("succeeded", reference=refund.id)
+        return refund_result(refund)
 
     # ---- the payments table ----------------------------------------------------------
 
@@ -303,6 +311,15 @@ class PaymentActivities:
 
 # Statuses of a refund object that mean no money goes back (Stripe's names).
 REFUND_NOT_MADE = frozenset({"failed", "canceled"})
+
+
+def refund_result(refund: GatewayRefund) -> GatewayResult:
+    """What the saga hears of a refund the provider answered with (or holds)."""
+    if refund.status in REFUND_NOT_MADE:
+        # A provider may answer with the refund object and its end, not an error.
+        return GatewayResult("declined", reference=refund.id, decline_code="refund_failed")
+    # "pending" (and "requires_action"): the provider has taken the refund on.
+    return GatewayResult("succeeded", reference=refund.id)
 
 
 async def _moving_money(call: Awaitable[T]) -> T | GatewayResult:

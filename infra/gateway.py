@@ -215,17 +215,25 @@ class CardGateway:
     async def refund(
         self, *, idempotency_key: str, charge_id: str, amount: int, payment_id: str
     ) -> GatewayRefund:
-        """Refund part or all of a charge (``charge_id`` is the intent id, ``pi_…``)."""
+        """Refund part or all of a charge (``charge_id`` is the intent id, ``pi_…``). The
+        key goes into the refund's metadata too, so ``find_refund`` can find it after the
+        provider has forgotten the key (Stripe keeps one for 24 hours)."""
         body = await self._post(
             "/v1/refunds",
             {
                 "payment_intent": charge_id,
                 "amount": str(amount),
                 "metadata[payment_id]": payment_id,
+                "metadata[refund_key]": idempotency_key,
             },
             idempotency_key=idempotency_key,
         )
         return _parse(_refund, body, unsure=True)
+
+    async def find_refund(self, charge_id: str, idempotency_key: str) -> GatewayRefund | None:
+        """The refund of the charge made under ``idempotency_key``, if any was."""
+        found = [r for r in await self.refunds_of(charge_id) if r.refund_key == idempotency_key]
+        return found[0] if found else None
 
     async def refunds_of(self, charge_id: str) -> list[GatewayRefund]:
         """Every refund of a charge, newest first."""
@@ -420,7 +428,11 @@ def _data(page: JsonObject) -> list[JsonObject]:
 
 
 def _payment_id(obj: JsonObject) -> str | None:
-    value = (obj.get("metadata") or {}).get("payment_id")
+    return _metadata(obj, "payment_id")
+
+
+def _metadata(obj: JsonObject, name: str) -> str | None:
+    value = (obj.get("metadata") or {}).get(name)
     return None if value is None else str(value)
 
 
@@ -446,6 +458,7 @@ def _refund(obj: JsonObject) -> GatewayRefund:
         status=str(obj["status"]),
         currency=str(obj["currency"]).upper(),
         payment_id=_payment_id(obj),
+        refund_key=_metadata(obj, "refund_key"),
     )
 
 

@@ -67,6 +67,8 @@ class GatewayRefund:
     status: str
     currency: str = ""
     payment_id: str | None = None
+    # The idempotency key it was made under (our metadata), None for one made without.
+    refund_key: str | None = None
 
 
 @dataclass(frozen=True)

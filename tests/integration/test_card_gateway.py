@@ -316,6 +316,9 @@ async def test_partial_refunds_never_exceed_what_was_received(gw: CardGateway, p
         await refund("refund-5", 1)
     assert nothing_left.value.code == "charge_already_refunded"
     assert sum(r.amount for r in await gw.refunds_of(charge.id)) == 1000
+    # Each is found again by its key, as a retry does once the provider forgot the key.
+    assert await gw.find_refund(charge.id, f"{pay}:refund-1") == first
+    assert await gw.find_refund(charge.id, f"{pay}:refund-5") is None
 
 
 async def test_a_declined_charge_cannot_be_refunded(gw: CardGateway, pay: str):

@@ -158,6 +158,7 @@ async def test_refund_and_payout_send_their_keys_and_references() -> None:
         "payment_intent": "pi_1",
         "amount": "300",
         "metadata[payment_id]": "pay_1",
+        "metadata[refund_key]": "pay_1:refund",
     }
     assert payout_request.headers["idempotency-key"] == "pay_2:payout"
     assert form(payout_request) == {
