@@ -34,6 +34,8 @@ async def resolve(host: str, port: int) -> list[str]:
 # some networks; the local-use NAT64 prefix 64:ff9b:1::/48).
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# SIIT's IPv4-translated addresses (RFC 2765), which Python takes for global.
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 _NOT_PUBLIC_V6 = (ipaddress.IPv6Network("fec0::/10"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 
 
@@ -55,7 +57,11 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
-    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # not :: or ::1
+    if (
+        ip in _NAT64
+        or ip in _IPV4_TRANSLATED
+        or (ip in _IPV4_COMPATIBLE and int(ip) > 1)  # not :: or ::1
+    ):
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 

@@ -124,6 +124,15 @@ def _attempt(row: RowMapping) -> DeliveryAttempt:
     )
 
 
+# As many endpoints as Stripe gives an account: each event fans out to every one of them in
+# one workflow, so an unbounded list would make one event thousands of requests.
+MAX_ENDPOINTS_PER_CLIENT = 16
+
+
+class EndpointLimitReached(Exception):
+    """The app already has ``MAX_ENDPOINTS_PER_CLIENT`` endpoints."""
+
+
 class WebhookStore:
     def __init__(self, engine: Engine, cipher: EnvelopeCipher) -> None:
         self._engine = engine
@@ -143,6 +152,20 @@ class WebhookStore:
         endpoint_id = new_id("we")
         sealed = self._cipher.encrypt(signing_secret.encode()).decode()
         with Session(self._engine) as session:
+            # One registration of an app at a time, so two at once cannot both pass the count.
+            session.connection().execute(
+                select(
+                    func.pg_advisory_xact_lock(func.hashtextextended(f"webhooks:{client_id}", 0))
+                )
+            )
+            registered = session.connection().scalar(
+                select(func.count()).where(
+                    webhook_endpoints.c.client_id == client_id,
+                    webhook_endpoints.c.deleted_at.is_(None),
+                )
+            )
+            if (registered or 0) >= MAX_ENDPOINTS_PER_CLIENT:
+                raise EndpointLimitReached(f"{registered} endpoints are registered already")
             row = (
                 session.connection()
                 .execute(

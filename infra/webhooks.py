@@ -20,6 +20,7 @@ backoff; a 410 Gone means the receiver wants no more events (``EndpointGone``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -41,6 +42,10 @@ SCHEME = "v1"
 DEFAULT_TOLERANCE_SECONDS = 300
 # What a delivery attempt keeps of a receiver's answer for operators (never the whole body).
 _ERROR_EXCERPT = 200
+# A signature element longer than this is not ours (a v1 signature is 64 hex digits).
+_MAX_ELEMENT = 256
+# One attempt, resolving and every address included: under the delivery activity's 30 s.
+ATTEMPT_SECONDS = 20.0
 
 
 class InvalidSignature(Exception):
@@ -81,6 +86,10 @@ def parse_signature(header: str) -> tuple[int, list[str]]:
         key, sep, value = item.strip().partition("=")
         if not sep or not value:
             raise InvalidSignature(f"malformed signature element {item.strip()!r}")
+        if not value.isascii() or len(value) > _MAX_ELEMENT:
+            # compare_digest refuses non-ASCII text, int() reads "²" and 5,000 digits badly:
+            # whatever a sender puts here is an invalid signature, never another error.
+            raise InvalidSignature(f"malformed signature element {key.strip()!r}")
         if key == "t":
             if not value.isdigit():
                 raise InvalidSignature("the timestamp is not a number of seconds")
@@ -163,9 +172,13 @@ def storable_text(raw: bytes | str) -> str:
 
 
 def create_webhook_client(settings: Settings) -> httpx.AsyncClient:
-    """One client per worker process: pooled connections, bounded time per attempt."""
+    """One client per worker process, bounded time per read and connect."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.webhook_timeout_seconds, connect=5.0),
+        # No connection is kept for another request: sends to checked addresses
+        # (``pinned``) go to the IP, and a pool keyed by the IP would hand a request for
+        # one name a TLS connection whose certificate was checked for another name there.
+        limits=httpx.Limits(max_keepalive_connections=0),
         # A redirect is not an acceptance, and following one would let an endpoint point
         # our signed requests somewhere it was never registered for.
         follow_redirects=False,
@@ -181,13 +194,17 @@ class WebhookSender:
         *,
         clock: Callable[[], float] = time.time,
         allow_private_addresses: bool = True,
+        allow_http: bool = True,
         resolver: Resolver = resolve,
+        attempt_seconds: float = ATTEMPT_SECONDS,
     ) -> None:
         self._client = client
         self._secret = signing_secret
         self._clock = clock
         self._allow_private = allow_private_addresses
+        self._allow_http = allow_http
         self._resolve = resolver
+        self._attempt_seconds = attempt_seconds
 
     async def send(
         self,
@@ -201,6 +218,28 @@ class WebhookSender:
         """POST one event signed with each of ``secrets`` (the endpoint's own, and its
         previous one during a rollover; None stands for the platform's secret);
         ``Accepted`` on 2xx, else raise ``WebhookFailed``."""
+        # The read timeout bounds each read, not the attempt: a receiver trickling a byte
+        # at a time, or a name with many unreachable addresses, would outlast the
+        # activity's own timeout and hold a slot of the worker.
+        try:
+            async with asyncio.timeout(self._attempt_seconds):
+                return await self._send(
+                    url=url, event_id=event_id, event_type=event_type, body=body, secrets=secrets
+                )
+        except TimeoutError as exc:
+            raise WebhookFailed(
+                f"no answer within {self._attempt_seconds:g} s", status_code=None
+            ) from exc
+
+    async def _send(
+        self,
+        *,
+        url: str,
+        event_id: str,
+        event_type: str,
+        body: bytes,
+        secrets: Sequence[str | None],
+    ) -> Accepted:
         # Signed now, at each attempt: a retry hours later still arrives fresh.
         timestamp = int(self._clock())
         headers = {
@@ -215,6 +254,9 @@ class WebhookSender:
             named = parse_url(url)
         except ValueError as exc:
             raise UnusableURL(str(exc), status_code=None) from exc
+        if named.scheme != "https" and not self._allow_http:
+            # Registered while plain http was allowed: no signed event goes out in clear.
+            raise UnusableURL(f"{named.scheme}:// is not allowed here", status_code=None)
         targets = [named]
         extensions: dict[str, Any] = {}
         if not self._allow_private:

@@ -125,6 +125,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             webhook_http,
             secrets["webhooks"]["signing_secret"],
             allow_private_addresses=settings.webhooks_allow_private_addresses,
+            allow_http=settings.webhooks_allow_http,
         ),
         Notifier(settings),
         MailAddresses(directory.mail_address),

@@ -36,7 +36,7 @@ from api.auth import Principal, require_role
 from api.deps import EngineDep, SettingsDep
 from api.errors import ProblemError, invalid_field, invalid_fields
 from infra.webhook_destinations import parse_url, url_host_problem
-from infra.webhook_store import WebhookStore
+from infra.webhook_store import MAX_ENDPOINTS_PER_CLIENT, EndpointLimitReached, WebhookStore
 from infra.webhooks import new_signing_secret
 from models.notifications import EVENT_TYPES, not_an_event_type
 from models.webhook_schemas import (
@@ -127,15 +127,23 @@ async def create_webhook_endpoint(
     if errors:
         raise _invalid(errors)
     secret = new_signing_secret()
-    endpoint = await asyncio.to_thread(
-        store.add_endpoint,
-        client_id=client_id,
-        # urlsplit lower-cases the scheme; the rest is kept as the app wrote it.
-        url=urlunsplit(urlsplit(body.url)),
-        event_types=list(dict.fromkeys(body.event_types)),
-        created_by=principal.subject,
-        signing_secret=secret,
-    )
+    try:
+        endpoint = await asyncio.to_thread(
+            store.add_endpoint,
+            client_id=client_id,
+            # urlsplit lower-cases the scheme; the rest is kept as the app wrote it.
+            url=urlunsplit(urlsplit(body.url)),
+            event_types=list(dict.fromkeys(body.event_types)),
+            created_by=principal.subject,
+            signing_secret=secret,
+        )
+    except EndpointLimitReached as exc:
+        raise ProblemError(
+            422,
+            "endpoint_limit_reached",
+            f"An app may register {MAX_ENDPOINTS_PER_CLIENT} webhook endpoints",
+            f"{exc}: delete one first",
+        ) from exc
     return WebhookEndpointCreated(**WebhookEndpointPublic.of(endpoint).model_dump(), secret=secret)
 
 

@@ -39,7 +39,7 @@ from infra.notifier import Notifier
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.vault import SecretStore, connect_vault
-from infra.webhook_store import WebhookStore
+from infra.webhook_store import MAX_ENDPOINTS_PER_CLIENT, WebhookStore
 from infra.webhooks import (
     InvalidSignature,
     WebhookSender,
@@ -850,3 +850,26 @@ async def test_a_rolled_secret_signs_next_to_the_previous_one_until_it_expires(
         ).all()
     assert len(trail) == 3
     assert all(s not in str(e.details) for e in trail for s in (first, second, third, fourth))
+
+
+async def test_an_app_registers_at_most_sixteen_endpoints(
+    api: httpx.AsyncClient, endpoints: list[tuple[str, dict[str, str]]], other_app: App
+) -> None:
+    """Each event fans out to every endpoint of its app in one workflow."""
+    listed = (await api.get("/v1/webhook-endpoints", headers=other_app.headers)).json()["data"]
+    for n in range(MAX_ENDPOINTS_PER_CLIENT - len(listed)):
+        await register(
+            api, endpoints, other_app.headers, f"https://app.example/hooks/{n}", ["payment.failed"]
+        )
+    refused = await api.post(
+        "/v1/webhook-endpoints",
+        json={"url": "https://app.example/hooks/one-more", "event_types": ["payment.failed"]},
+        headers=other_app.headers,
+    )
+    assert (refused.status_code, refused.json()["code"]) == (422, "endpoint_limit_reached")
+    # Deleting one makes room again.
+    endpoint_id, headers = endpoints.pop()
+    assert (await api.delete(f"/v1/webhook-endpoints/{endpoint_id}", headers=headers)).is_success
+    await register(
+        api, endpoints, other_app.headers, "https://app.example/hooks/x", ["payment.failed"]
+    )

@@ -4,6 +4,9 @@ wording."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 import socket
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 
 from activities.notify import customer_message
 from api.routes.webhooks import url_problem
+from infra.settings import Settings
 from infra.webhook_destinations import url_host_problem
 from infra.webhooks import (
     DestinationRefused,
@@ -20,6 +24,7 @@ from infra.webhooks import (
     UnusableURL,
     WebhookFailed,
     WebhookSender,
+    create_webhook_client,
     event_body,
     verify,
 )
@@ -176,6 +181,7 @@ def test_endpoint_url_rules(url: str, allow_http: bool, problem: str | None) -> 
         ("https://[2002:a9fe:a9fe::]/hooks", "not 2002:a9fe:a9fe::"),  # 6to4
         ("https://[::7f00:1]/hooks", "not ::7f00:1"),  # IPv4-compatible
         ("https://[fec0::1]/hooks", "not fec0::1"),
+        ("https://[::ffff:0:a9fe:a9fe]/hooks", "not ::ffff:0:a9fe:a9fe"),  # SIIT-translated
         ("https://[64:ff9b::808:808]/hooks", None),  # NAT64 of a public address
         ("https://[2606:4700:4700::1111]/hooks", None),
     ],
@@ -424,3 +430,73 @@ def test_the_customer_mail_says_what_happened_with_the_amount_in_major_units(
     assert "pay_m" in subject
     assert words in body
     assert "evt_m" in body  # the reference a customer quotes to support
+
+
+async def test_an_http_endpoint_gets_nothing_once_plain_http_is_not_allowed() -> None:
+    """Registered while http was allowed: no signed event goes out in clear after."""
+    sent: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(204)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(receiver))
+    strict = WebhookSender(client, SECRET, clock=lambda: NOW, allow_http=False)
+    with pytest.raises(UnusableURL, match="http://"):
+        await strict.send(
+            url="http://app.example/hooks", event_id="evt_x", event_type="payment.failed", body=BODY
+        )
+    assert sent == []
+
+
+async def test_an_attempt_ends_when_its_time_is_up_however_the_receiver_trickles() -> None:
+    async def trickling(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)  # each read within its timeout, the whole far beyond
+        return httpx.Response(204)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(trickling))
+    hurried = WebhookSender(client, SECRET, clock=lambda: NOW, attempt_seconds=0.2)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(WebhookFailed, match=re.escape("no answer within 0.2 s")):
+        await hurried.send(
+            url="https://app.example/hooks",
+            event_id="evt_x",
+            event_type="payment.failed",
+            body=BODY,
+        )
+    assert asyncio.get_running_loop().time() - started < 2
+
+
+async def test_no_connection_is_reused_for_another_send() -> None:
+    """Sends to checked addresses go to the IP: a kept connection, its certificate checked
+    for another name on that IP, must never carry the next request."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(len(BODY))
+                # An answer read to its end (a short refusal) leaves a connection to keep.
+                writer.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = create_webhook_client(Settings())
+    sender_ = WebhookSender(client, SECRET, clock=lambda: NOW)
+    try:
+        for n in range(2):
+            with pytest.raises(WebhookFailed, match="503: busy"):
+                await sender_.send(
+                    url=f"http://127.0.0.1:{port}/hooks",
+                    event_id=f"evt_{n}",
+                    event_type="payment.failed",
+                    body=BODY,
+                )
+    finally:
+        await client.aclose()
+        server.close()
+    assert connections == 2

@@ -105,6 +105,10 @@ def test_header_parsing() -> None:
         (f"t={NOW},v1", "malformed"),
         (f"t={NOW},v1=", "malformed"),
         ("garbage", "malformed"),
+        # What int() or compare_digest would choke on: still just an invalid signature.
+        ("t=\u00b2,v1=abc", "malformed"),
+        (f"t={'9' * 5000},v1=abc", "malformed"),
+        (f"t={NOW},v1=\u00e9t\u00e9", "malformed"),
     ],
 )
 def test_a_malformed_header_is_refused(header: str | None, why: str) -> None:
