@@ -63,6 +63,8 @@ from models.payment import (
 )
 
 log = logging.getLogger(__name__)
+# Starts the sweep lets fail one after another before it leaves the rest to its next pass.
+SWEEP_FAILURES_IN_A_ROW = 3
 
 
 def payment_search_attributes(
@@ -232,19 +234,27 @@ class SagaStarter:
         """Start the payments and refunds (and ``also_sweep``'s) left unstarted past the
         grace period; how many it started."""
         stranded = await self._store.saga_not_started(older_than=self._grace, limit=limit)
-        started = 0
+        started = failed = 0
         for payment in stranded:
-            if not await self.start(payment):
-                return started  # Temporal is away: the next sweep tries again
-            log.info("payment %s: saga started by the sweep", payment.id)
-            started += 1
+            if await self.start(payment):
+                log.info("payment %s: saga started by the sweep", payment.id)
+                started, failed = started + 1, 0
+                continue
+            # One row Temporal refuses must not hold up every one behind it; several in a
+            # row is Temporal away, and the next sweep tries again.
+            failed += 1
+            if failed >= SWEEP_FAILURES_IN_A_ROW:
+                return started
         for payment, refund in await self._store.refunds_not_started(
             older_than=self._grace, limit=limit
         ):
-            if not await self.start_refund(payment, refund):
+            if await self.start_refund(payment, refund):
+                log.info("refund %s: saga started by the sweep", refund.id)
+                started, failed = started + 1, 0
+                continue
+            failed += 1
+            if failed >= SWEEP_FAILURES_IN_A_ROW:
                 return started
-            log.info("refund %s: saga started by the sweep", refund.id)
-            started += 1
         for other in self._also_sweep:
             started += await other()
         return started

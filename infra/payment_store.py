@@ -195,8 +195,11 @@ class PaymentStore:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"SELECT {_PAYMENT_COLUMNS} FROM payments "  # noqa: S608 - constant column lists
-                "WHERE saga_started_at IS NULL AND created_at < now() - %s "
-                "ORDER BY created_at LIMIT %s",
+                # A finished payment's saga ran, whatever its stamp: one lost (the process
+                # died before its stamps were flushed) must not start it again, which
+                # Temporal refuses only while it still keeps the finished run.
+                "WHERE saga_started_at IS NULL AND status IN ('processing', 'in_review') "
+                "AND created_at < now() - %s ORDER BY created_at LIMIT %s",
                 (older_than, limit),
             )
             rows = await cur.fetchall()

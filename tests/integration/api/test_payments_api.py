@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -796,3 +797,57 @@ async def test_started_sagas_are_stamped_together_by_the_next_flush(
     for payment in payments:
         final = await wait_for(api, alice_h, payment.id, timeout=60)
         assert final["status"] == "succeeded", final
+
+
+async def test_a_start_the_sweep_could_not_make_does_not_hold_up_the_rest(
+    api: httpx.AsyncClient,
+    logins: Logins,
+    wallets: dict[str, str],
+    ledger: LedgerStore,
+    store: PaymentStore,
+    temporal: Client,
+    settings: Settings,
+) -> None:
+    """The sweep used to stop at the first start that failed, so one row Temporal refused
+    held up every stranded payment behind it on every pass."""
+    await top_up(api, logins, wallets["alice"], 2_000)
+    calls = 0
+
+    async def refused_once() -> Client | None:
+        nonlocal calls
+        calls += 1
+        return None if calls == 1 else temporal  # the first start cannot be made
+
+    starter = SagaStarter(
+        store,
+        refused_once,
+        task_queue=settings.task_queue,
+        four_eyes_threshold_minor=settings.four_eyes_threshold_minor,
+        grace=timedelta(0),  # before the stack's own sweep (5 s) looks at them
+    )
+    stranded = [await committed_without_start(store, ledger, wallets, 300) for _ in range(3)]
+    assert await starter.sweep() >= 2
+    for payment in stranded[1:]:
+        await temporal.get_workflow_handle(payment.id).describe()  # started
+    for payment in stranded:
+        final = await wait_for(api, logins.headers("alice"), payment.id, timeout=60)
+        assert final["status"] == "succeeded", final
+
+
+async def test_a_finished_payment_whose_stamp_was_lost_is_not_started_again(
+    pool: AsyncConnectionPool[Any],
+    ledger: LedgerStore,
+    store: PaymentStore,
+    wallets: dict[str, str],
+) -> None:
+    """Its saga ran (the process died before the stamp was flushed): started again once
+    Temporal has dropped the finished run, it would run the payment a second time."""
+    payment = await committed_without_start(store, ledger, wallets, 100)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE payments SET status = 'declined', decline_code = 'insufficient_funds', "
+            "completed_at = now() WHERE id = %s",
+            (payment.id,),
+        )
+    stranded = await store.saga_not_started(older_than=timedelta(0), limit=1000)
+    assert payment.id not in {p.id for p in stranded}
