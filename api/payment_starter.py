@@ -38,6 +38,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, timedelta
+from functools import partial
 from typing import Any, cast
 
 from temporalio.client import Client
@@ -233,25 +234,18 @@ class SagaStarter:
     async def sweep(self, limit: int = 100) -> int:
         """Start the payments and refunds (and ``also_sweep``'s) left unstarted past the
         grace period; how many it started."""
-        stranded = await self._store.saga_not_started(older_than=self._grace, limit=limit)
+        payments = await self._store.saga_not_started(older_than=self._grace, limit=limit)
+        refunds = await self._store.refunds_not_started(older_than=self._grace, limit=limit)
+        starts = [(f"payment {p.id}", partial(self.start, p)) for p in payments]
+        starts += [(f"refund {r.id}", partial(self.start_refund, p, r)) for p, r in refunds]
         started = failed = 0
-        for payment in stranded:
-            if await self.start(payment):
-                log.info("payment %s: saga started by the sweep", payment.id)
+        for what, start in starts:
+            if await start():
+                log.info("%s: saga started by the sweep", what)
                 started, failed = started + 1, 0
                 continue
             # One row Temporal refuses must not hold up every one behind it; several in a
             # row is Temporal away, and the next sweep tries again.
-            failed += 1
-            if failed >= SWEEP_FAILURES_IN_A_ROW:
-                return started
-        for payment, refund in await self._store.refunds_not_started(
-            older_than=self._grace, limit=limit
-        ):
-            if await self.start_refund(payment, refund):
-                log.info("refund %s: saga started by the sweep", refund.id)
-                started, failed = started + 1, 0
-                continue
             failed += 1
             if failed >= SWEEP_FAILURES_IN_A_ROW:
                 return started
