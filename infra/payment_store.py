@@ -161,11 +161,25 @@ class PaymentStore:
             created = await cur.fetchone()
             if created is not None:
                 return StoredPayment(**created), True
-            return await self._existing(conn, scope, key, request_hash), False
+            existing = await self._existing(conn, scope, key, request_hash)
+            assert existing is not None  # noqa: S101 - missing_ok is off: it raises instead
+            return existing, False
+
+    async def answered(self, *, scope: str, key: str, request_hash: str) -> StoredPayment | None:
+        """The payment a used key answered with; None for a key not used yet;
+        ``IdempotencyKeyReused`` when it was used for another request."""
+        async with self._pool.connection() as conn:
+            return await self._existing(conn, scope, key, request_hash, missing_ok=True)
 
     async def _existing(
-        self, conn: AsyncConnection[Any], scope: str, key: str, request_hash: str
-    ) -> StoredPayment:
+        self,
+        conn: AsyncConnection[Any],
+        scope: str,
+        key: str,
+        request_hash: str,
+        *,
+        missing_ok: bool = False,
+    ) -> StoredPayment | None:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             f"SELECT r.request_hash, {_PREFIXED_COLUMNS} "  # noqa: S608 - constant columns
@@ -174,7 +188,10 @@ class PaymentStore:
             (scope, key),
         )
         row = await cur.fetchone()
-        if row is None:  # keys are never deleted; the conflicting row must be there
+        if row is None:
+            if missing_ok:
+                return None
+            # Keys are never deleted; the conflicting row must be there.
             raise RuntimeError(f"idempotency key of {scope} vanished")
         if row.pop("request_hash") != request_hash:
             raise IdempotencyKeyReused("this Idempotency-Key was used for another request")

@@ -33,6 +33,7 @@ from api.deps import (
 from api.errors import ProblemError, invalid_fields, temporal_unavailable
 from api.payment_starter import SagaStarter
 from api.workflow_calls import live_view, update
+from infra.ledger_store import LedgerStore
 from infra.payment_store import NewPayment, PaymentStore, StoredPayment, StoredRefund
 from models.ids import new_id
 from models.ledger import Account
@@ -162,6 +163,38 @@ def _public(payment: StoredPayment, live: PaymentState | None = None) -> Payment
     )
 
 
+async def _payer_and_beneficiary(
+    body: PaymentCreate, principal: Principal, ledger: LedgerStore
+) -> tuple[str, str | None]:
+    """The customer whose wallet pays (or a top-up fills) and a transfer's beneficiary,
+    once the wallets are checked; a ``ProblemError`` naming the field otherwise."""
+    problems = body.kind_problems()
+    if problems:
+        raise invalid_fields(problems)
+    acting_customer = None if "app" in principal.roles else principal.subject
+    # Both wallets of a transfer in one query: a round trip fewer on every payment.
+    accounts = await ledger.get_accounts(
+        [a for a in (body.source_account_id, body.destination_account_id) if a is not None]
+    )
+    if body.kind == "topup":
+        assert body.destination_account_id is not None  # noqa: S101 - kind_problems checked
+        wallet = _wallet(accounts, body.destination_account_id, "destination_account_id",
+                         body.currency, acting_customer)  # fmt: skip
+        return wallet.owner, None
+    assert body.source_account_id is not None  # noqa: S101 - kind_problems checked
+    wallet = _wallet(accounts, body.source_account_id, "source_account_id",
+                     body.currency, acting_customer)  # fmt: skip
+    if body.kind != "transfer":
+        return wallet.owner, None
+    assert body.destination_account_id is not None  # noqa: S101
+    if body.destination_account_id == body.source_account_id:
+        raise _invalid("destination_account_id", "accounts_must_be_different",
+                       "a transfer needs two different wallets")  # fmt: skip
+    beneficiary = _wallet(accounts, body.destination_account_id,
+                          "destination_account_id", body.currency, None).owner  # fmt: skip
+    return wallet.owner, beneficiary
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=PaymentPublic)
 async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     body: PaymentCreate,
@@ -173,52 +206,37 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
 ) -> PaymentPublic:
     """Move money: top up a wallet by card, transfer between wallets, or pay out to a bank."""
     key = require_idempotency_key(key)
-    problems = body.kind_problems()
-    if problems:
-        raise invalid_fields(problems)
-    acting_customer = None if "app" in principal.roles else principal.subject
-    beneficiary = None
-    # Both wallets of a transfer in one query: a round trip fewer on every payment.
-    accounts = await ledger.get_accounts(
-        [a for a in (body.source_account_id, body.destination_account_id) if a is not None]
-    )
-    if body.kind == "topup":
-        assert body.destination_account_id is not None  # noqa: S101 - kind_problems checked
-        wallet = _wallet(accounts, body.destination_account_id, "destination_account_id",
-                         body.currency, acting_customer)  # fmt: skip
-        customer = wallet.owner
-    else:
-        assert body.source_account_id is not None  # noqa: S101 - kind_problems checked
-        wallet = _wallet(accounts, body.source_account_id, "source_account_id",
-                         body.currency, acting_customer)  # fmt: skip
-        customer = wallet.owner
-        if body.kind == "transfer":
-            assert body.destination_account_id is not None  # noqa: S101
-            if body.destination_account_id == body.source_account_id:
-                raise _invalid("destination_account_id", "accounts_must_be_different",
-                               "a transfer needs two different wallets")  # fmt: skip
-            beneficiary = _wallet(accounts, body.destination_account_id,
-                                  "destination_account_id", body.currency, None).owner  # fmt: skip
     store = _payments(request)
-    payment, created = await store.create(
-        NewPayment(
-            id=new_id("pay"),
-            kind=body.kind,
-            customer_id=customer,
-            client_id=principal.own_client() if "app" in principal.roles else None,
-            created_by=principal.subject,
-            amount=body.amount,
-            currency=body.currency,
-            source_account_id=body.source_account_id,
-            destination_account_id=body.destination_account_id,
-            payment_method=body.payment_method,
-            payout_destination=body.payout_destination,
-            beneficiary_id=beneficiary,
-        ),
-        scope=principal.subject,
-        key=key,
-        request_hash=_fingerprint(body),
-    )
+    fingerprint = _fingerprint(body)
+    try:
+        customer, beneficiary = await _payer_and_beneficiary(body, principal, ledger)
+    except ProblemError:
+        # A retry of a payment accepted before gets its answer, whatever its wallets are
+        # now (closed since, say); under a key used for another request it is the 409.
+        earlier = await store.answered(scope=principal.subject, key=key, request_hash=fingerprint)
+        if earlier is None:
+            raise
+        payment, created = earlier, False
+    else:
+        payment, created = await store.create(
+            NewPayment(
+                id=new_id("pay"),
+                kind=body.kind,
+                customer_id=customer,
+                client_id=principal.own_client() if "app" in principal.roles else None,
+                created_by=principal.subject,
+                amount=body.amount,
+                currency=body.currency,
+                source_account_id=body.source_account_id,
+                destination_account_id=body.destination_account_id,
+                payment_method=body.payment_method,
+                payout_destination=body.payout_destination,
+                beneficiary_id=beneficiary,
+            ),
+            scope=principal.subject,
+            key=key,
+            request_hash=fingerprint,
+        )
     if payment.status not in TERMINAL_STATUSES:
         _starter(request).submit(payment)  # committed above: the answer need not wait
     response.headers["Location"] = f"/v1/payments/{payment.id}"

@@ -22,30 +22,19 @@ from temporalio.client import Client
 
 from infra.audit import list_audit_events
 from infra.envelope import EnvelopeCipher
-from infra.keycloak import client_credentials_login, password_login
+from infra.keycloak import password_login
 from infra.onboarding_store import OnboardingStore
 from infra.settings import Settings
 from infra.stack.launcher import Stack
-from infra.vault import SecretStore, connect_vault
 from tests.helpers.logins import Logins
 from tests.helpers.mailbox import body_of, mails_to
 from tests.helpers.payments import pay_and_wait
 from tests.helpers.stack import stopped
+from tests.integration.api.conftest import app_login
 
 pytestmark = pytest.mark.stack
 
 TERMINAL = {"approved", "rejected", "expired", "canceled"}
-
-
-def _app_login(settings: Settings) -> dict[str, str]:
-    creds = SecretStore(connect_vault(settings), settings).read("keycloak")
-    token = client_credentials_login(settings, creds["client_id"], creds["client_secret"])
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(scope="module")
-def app_headers(settings: Settings) -> dict[str, str]:
-    return _app_login(settings)
 
 
 @pytest.fixture
@@ -188,7 +177,7 @@ async def test_an_application_made_while_temporal_is_down_starts_once_it_is_back
     unique: str,
 ) -> None:
     # Its own token: the module's may have expired by the time the last tests run.
-    app_headers = _app_login(settings)
+    app_headers = app_login(settings)
     body = application(
         unique, given="Jonas", family="Berg", born="1990-02-03", document=f"CLEAR{unique[:8]}"
     )
@@ -218,7 +207,7 @@ async def test_a_document_sent_while_temporal_is_down_continues_the_application_
     users_to_delete: list[str],
     unique: str,
 ) -> None:
-    app_headers = _app_login(settings)
+    app_headers = app_login(settings)
     body = application(unique, given="Elsa", family="Holm", born="1988-06-01", document=None)
     onboarding_id = await apply(api, app_headers, body)
     await wait_status(api, app_headers, onboarding_id, {"awaiting_documents"})

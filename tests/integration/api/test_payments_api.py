@@ -29,6 +29,7 @@ from infra.payment_store import (
 )
 from infra.settings import Settings
 from models.ids import new_id
+from tests.helpers.ledger import AccountFactory
 from tests.helpers.logins import Logins
 from tests.helpers.payments import (
     GatewayView,
@@ -851,3 +852,39 @@ async def test_a_finished_payment_whose_stamp_was_lost_is_not_started_again(
         )
     stranded = await store.saga_not_started(older_than=timedelta(0), limit=1000)
     assert payment.id not in {p.id for p in stranded}
+
+
+async def test_a_retry_is_answered_with_its_payment_even_once_its_wallet_is_closed(
+    api: httpx.AsyncClient,
+    app_headers: dict[str, str],
+    accounts: AccountFactory,
+    ledger: LedgerStore,
+    wallets: dict[str, str],
+) -> None:
+    """The key is looked up before a refusal is answered: a retry of a payment accepted
+    before gets that payment, whatever its wallets are now; another request under the key
+    is the key's 409, not the refusal."""
+    payer = await accounts.wallet(f"cus_{uuid.uuid4().hex[:12]}", CURRENCY)
+    await accounts.fund(payer, 1_000)
+    body = {
+        "kind": "transfer",
+        "source_account_id": payer.id,
+        "destination_account_id": wallets["bob"],
+        "amount": 400,
+        "currency": CURRENCY,
+    }
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = await api.post("/v1/payments", json=body, headers=app_headers | key)
+    assert first.status_code == 202, first.text
+    await wait_for(api, app_headers, first.json()["id"])
+    await ledger.close_account(payer.id)
+
+    again = await api.post("/v1/payments", json=body, headers=app_headers | key)
+    assert (again.status_code, again.json()["id"]) == (202, first.json()["id"]), again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = await api.post("/v1/payments", json={**body, "amount": 500}, headers=app_headers | key)
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
+    fresh = await api.post(
+        "/v1/payments", json=body, headers=app_headers | {"Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert (fresh.status_code, fresh.json()["code"]) == (422, "account_closed")
