@@ -137,8 +137,30 @@ def _sees_all(principal: Principal) -> bool:
     return principal.is_staff or "compliance_officer" in principal.roles
 
 
-def _public(payment: StoredPayment, live: PaymentState | None = None) -> PaymentPublic:
-    timeline = live.timeline if live else None
+# Timeline entries whose detail names staff (the officers who approved a review): a
+# customer or an app sees that it happened, not who decided.
+_STAFF_DETAILS = frozenset({"review_approved"})
+
+
+def _timeline(
+    payment: StoredPayment, live: PaymentState | None, viewer: Principal
+) -> list[TimelinePublic]:
+    entries = (
+        [TimelinePublic(at=e.at, event=e.event, detail=e.detail) for e in live.timeline]
+        if live is not None
+        else [TimelinePublic(**e) for e in payment.timeline]
+    )
+    if _sees_all(viewer):
+        return entries
+    return [
+        e.model_copy(update={"detail": ""}) if e.event in _STAFF_DETAILS else e for e in entries
+    ]
+
+
+def _public(
+    payment: StoredPayment, live: PaymentState | None = None, *, viewer: Principal
+) -> PaymentPublic:
+    """The payment as ``viewer`` may see it."""
     return PaymentPublic(
         id=payment.id,
         kind=payment.kind,
@@ -155,9 +177,7 @@ def _public(payment: StoredPayment, live: PaymentState | None = None) -> Payment
         captured_amount=live.captured_amount if live else payment.captured_amount,
         refunded_amount=payment.refunded_amount,
         waiting_for=(live.waiting_for or None) if live else None,
-        timeline=[TimelinePublic(at=e.at, event=e.event, detail=e.detail) for e in timeline]
-        if timeline is not None
-        else [TimelinePublic(**e) for e in payment.timeline],
+        timeline=_timeline(payment, live, viewer),
         created_at=payment.created_at,
         completed_at=payment.completed_at,
     )
@@ -242,7 +262,7 @@ async def create_payment(  # noqa: PLR0917 - FastAPI passes dependencies by name
     response.headers["Location"] = f"/v1/payments/{payment.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return _public(payment)
+    return _public(payment, viewer=principal)
 
 
 async def _live(client: Client | None, payment: StoredPayment) -> PaymentState | None:
@@ -260,7 +280,7 @@ async def get_payment(
 ) -> PaymentPublic:
     """Status, amounts, decline code, risk band and reasons, timeline."""
     payment = _visible(principal, await _payments(request).get(payment_id), payment_id)
-    return _public(payment, await _live(temporal, payment))
+    return _public(payment, await _live(temporal, payment), viewer=principal)
 
 
 @router.get("", response_model=PaymentList)
@@ -288,7 +308,7 @@ async def list_payments(  # noqa: PLR0917 - FastAPI passes query parameters by n
     )
     page = rows[:limit]
     return PaymentList(
-        data=[_public(p) for p in page],
+        data=[_public(p, viewer=principal) for p in page],
         next_cursor=page[-1].id if len(rows) > limit and page else None,
     )
 
@@ -327,7 +347,7 @@ async def cancel_payment(
             raise  # Temporal away: 503 (api.errors)
         raise too_late from exc  # the saga finished meanwhile
     refreshed = await store.get(payment_id)
-    return _public(refreshed or payment, state)
+    return _public(refreshed or payment, state, viewer=principal)
 
 
 def _refund_public(refund: StoredRefund) -> RefundPublic:

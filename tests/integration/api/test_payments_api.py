@@ -576,7 +576,18 @@ async def test_a_large_payment_waits_for_review_and_carol_decides(
         headers=logins.headers("carol"),
     )
     assert decision.status_code == 200, decision.text
-    assert (await wait_for(api, alice, approved["id"]))["status"] == "succeeded"
+    done = await wait_for(api, alice, approved["id"])
+    assert done["status"] == "succeeded"
+    # The customer sees that the review approved it, not which officer did; staff do.
+    carol = logins.subject("carol")
+    approval = [e["detail"] for e in done["timeline"] if e["event"] == "review_approved"]
+    assert approval == [""]
+    staff_view = (
+        await api.get(f"/v1/payments/{approved['id']}", headers=logins.headers("olivia"))
+    ).json()
+    assert [e["detail"] for e in staff_view["timeline"] if e["event"] == "review_approved"] == [
+        carol
+    ]
 
     rejected = await pay(api, alice, body)
     held = await wait_for(api, alice, rejected["id"], {"in_review"})
