@@ -421,7 +421,15 @@ class PaymentStore:
                     f"VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s) RETURNING {_REFUND_COLUMNS}",
                     (refund_id, payment_id, amount, scope, key, request_hash, created_by),
                 )
-                return StoredRefund(**_row(await cur.fetchone())), True
+                refund = StoredRefund(**_row(await cur.fetchone()))
+                # Who took money back out of a wallet, with the request that did it.
+                await cur.execute(
+                    "INSERT INTO audit_events (actor, action, subject, details) "
+                    "VALUES (%s, 'payment.refund_requested', %s, %s)",
+                    (created_by, refund_id, Jsonb({"payment_id": payment_id, "amount": amount,
+                                                   "idempotency_scope": scope})),
+                )  # fmt: skip
+                return refund, True
         except UniqueViolation as exc:
             if exc.diag.constraint_name != _REFUND_KEY_CONSTRAINT:
                 raise

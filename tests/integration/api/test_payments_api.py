@@ -409,7 +409,10 @@ async def test_a_refund_with_no_body_gives_back_what_is_left(
 
 
 async def test_a_refund_is_read_at_its_location(
-    api: httpx.AsyncClient, logins: Logins, wallets: dict[str, str]
+    api: httpx.AsyncClient,
+    logins: Logins,
+    wallets: dict[str, str],
+    pool: AsyncConnectionPool[Any],
 ) -> None:
     alice, bob = logins.headers("alice"), logins.headers("bob")
     payment, other = await asyncio.gather(
@@ -424,6 +427,22 @@ async def test_a_refund_is_read_at_its_location(
     refund = created.json()
     location = created.headers["Location"]
     assert location == f"/v1/payments/{payment['id']}/refunds/{refund['id']}"
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT actor, action, details FROM audit_events WHERE subject = %s", (refund["id"],)
+        )
+        audited = await cur.fetchall()
+    assert audited == [
+        (
+            logins.subject("alice"),
+            "payment.refund_requested",
+            {
+                "payment_id": payment["id"],
+                "amount": 300,
+                "idempotency_scope": logins.subject("alice"),
+            },
+        )
+    ]
 
     read = await api.get(location, headers=alice)
     assert read.status_code == 200, read.text
