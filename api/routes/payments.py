@@ -85,13 +85,24 @@ def _invalid(field: str, code: str, message: str, status_code: int = 422) -> Pro
 
 
 def _wallet(
-    accounts: dict[str, Account], account_id: str, field: str, currency: str, owner: str | None
+    accounts: dict[str, Account],
+    account_id: str,
+    field: str,
+    currency: str,
+    owner: str | None,
+    *,
+    opaque: bool = False,
 ) -> Account:
-    """A customer wallet in the payment's currency; ``owner`` set: it must be theirs."""
+    """A customer wallet in the payment's currency; ``owner`` set: it must be theirs.
+    ``opaque``: another customer's wallet, which a refusal must not describe."""
     account = accounts.get(account_id)
     if account is None or account.code != WALLET or (owner is not None and account.owner != owner):
         # Someone else's wallet answers like a missing one.
         raise _invalid(field, "account_not_found", f"no wallet {account_id}", 404)
+    if opaque and (account.closed or account.currency != currency):
+        # Whether it is closed, and what it holds, is its owner's business.
+        raise _invalid(field, "destination_unavailable",
+                       f"wallet {account_id} cannot receive this payment")  # fmt: skip
     if account.closed:
         raise _invalid(field, "account_closed", f"wallet {account_id} is closed")
     if account.currency != currency:
@@ -210,9 +221,10 @@ async def _payer_and_beneficiary(
     if body.destination_account_id == body.source_account_id:
         raise _invalid("destination_account_id", "accounts_must_be_different",
                        "a transfer needs two different wallets")  # fmt: skip
-    beneficiary = _wallet(accounts, body.destination_account_id,
-                          "destination_account_id", body.currency, None).owner  # fmt: skip
-    return wallet.owner, beneficiary
+    destination = _wallet(accounts, body.destination_account_id,
+                          "destination_account_id", body.currency, None,
+                          opaque=acting_customer is not None)  # fmt: skip
+    return wallet.owner, destination.owner
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=PaymentPublic)

@@ -267,6 +267,13 @@ async def test_requests_that_cannot_be_paid_are_refused_with_the_field_named(
     )
     assert theirs["code"] == "account_not_found"
     assert (await refused({"currency": "USD"}))["code"] == "currency_mismatch"
+    # Another customer's wallet that cannot take the payment: not said why (closed, or
+    # holding another currency, is its owner's business).
+    bobs_usd = await open_wallet(api, logins.headers("bob"), "USD")
+    elsewhere = await refused({"destination_account_id": bobs_usd})
+    assert elsewhere["code"] == "destination_unavailable"
+    assert "USD" not in elsewhere["detail"]
+    assert [e["field"] for e in elsewhere["errors"]] == ["destination_account_id"]
     # Nothing half-done: no payment row for any refused request.
     listed = await api.get("/v1/payments", params={"limit": 100}, headers=alice)
     assert all(p["amount"] != 10.5 for p in listed.json()["data"])
