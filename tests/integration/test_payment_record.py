@@ -106,3 +106,22 @@ async def test_an_event_that_cannot_be_stored_leaves_the_payment_unfinished(
     await store.record(_finished(payment_id))
     row = await store.get(payment_id)
     assert row is not None and row.status == "succeeded"
+
+
+@pytest.mark.parametrize("owner", ["customer_id", "client_id"])
+async def test_a_page_of_the_list_is_read_in_index_order_not_sorted(
+    pool: AsyncConnectionPool[Any], owner: str
+) -> None:
+    """GET /v1/payments reads newest first by id within a customer or an app: an index in
+    that order, or every page sorts the owner's whole history."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")  # the plan as on a big table
+        cur = await conn.execute(
+            f"EXPLAIN (FORMAT JSON) SELECT id FROM payments WHERE {owner} = 'x' "  # noqa: S608 - a column name of this test
+            "AND id < 'pay_z' ORDER BY id DESC LIMIT 21"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    plan = str(row[0])
+    assert "'Sort'" not in plan, plan
+    assert "payments_by_" in plan, plan
