@@ -116,6 +116,8 @@ def customer_message(event: PlatformEvent) -> tuple[str, str]:
         "payment.canceled": f"Your {payment} of {amount} was canceled.",
         "payment.refunded": f"Your {payment} of {amount} was refunded in full.",
         "payment.partially_refunded": f"{refunded} of your {payment} of {amount} was refunded.",
+        "payment.refund_failed": f"A refund of your {payment} of {amount} could not be "
+        f"made{decline}.",
     }.get(event.type, f"Your {payment} of {amount}: {status}.")
     subject = f"Your {payment}: {status}"
     body = (

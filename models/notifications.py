@@ -32,6 +32,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "payment.canceled",
         "payment.refunded",
         "payment.partially_refunded",
+        "payment.refund_failed",
     }
 )
 

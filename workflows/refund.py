@@ -15,7 +15,8 @@ the refunds of a payment never add up to more than was captured. Then:
                                                         answers: after a card refund there is
                                                         nothing to walk back
     4. record it: the payment becomes ``partially_refunded`` or ``refunded``; notify, with
-       the payment's amount and all that is refunded of it so far.
+       the payment's amount and all that is refunded of it so far. A refund that failed is
+       announced as ``payment.refund_failed`` with its code (the payment's status stays).
 
 A refund's hold does not expire: only this saga resolves it, by a post or a void that each
 retry until the ledger answers. An expiry could release money the card already got back.
@@ -76,6 +77,8 @@ _RECORD = RetryPolicy(maximum_interval=timedelta(seconds=30))
 # Refunds started before this saga resolved every hold itself kept the old bounded hold.
 HOLD_TIMEOUT_SECONDS = 24 * 3600
 RESOLVES_ITS_HOLD = "refund-resolves-its-hold"
+# A refund that fails is announced too (``payment.refund_failed``): the app was told 202.
+ANNOUNCE_FAILED_REFUNDS = "announce-failed-refunds"
 
 
 @workflow.defn(name=REFUND_WORKFLOW)
@@ -192,23 +195,33 @@ class RefundWorkflow:
         workflow.upsert_search_attributes([STATUS.value_set(payment_status)])
         workflow.set_current_details("")
         if status == "succeeded":
-            event = PlatformEvent(
-                id=event_id(r.payment_id, "payment.refund", r.refund_id),
-                type=f"payment.{payment_status}",
-                created_at=workflow.now().isoformat(),
-                client_id=r.client_id,
-                customer_id=r.customer_id,
-                data=payment_data(
-                    payment_id=r.payment_id,
-                    kind=r.kind,
-                    amount=outcome.payment_amount,
-                    currency=r.currency,
-                    status=payment_status,
-                    amount_refunded=outcome.refunded_amount,
-                ),
-            )
-            await announce(event)
+            await announce(self._event("payment.refund", f"payment.{payment_status}", outcome))
+        elif self._resolves_hold and workflow.patched(ANNOUNCE_FAILED_REFUNDS):
+            failed = "payment.refund_failed"
+            await announce(self._event(failed, failed, outcome, failure_code))
         return RefundResult(r.refund_id, status, failure_code, payment_status)
+
+    def _event(
+        self, name: str, event_type: str, outcome: RefundOutcome, failure_code: str | None = None
+    ) -> PlatformEvent:
+        """The refund's event: the payment's amount and status, and all refunded so far."""
+        r = self._refund
+        return PlatformEvent(
+            id=event_id(r.payment_id, name, r.refund_id),
+            type=event_type,
+            created_at=workflow.now().isoformat(),
+            client_id=r.client_id,
+            customer_id=r.customer_id,
+            data=payment_data(
+                payment_id=r.payment_id,
+                kind=r.kind,
+                amount=outcome.payment_amount,
+                currency=r.currency,
+                status=outcome.payment_status,
+                decline_code=failure_code,
+                amount_refunded=outcome.refunded_amount,
+            ),
+        )
 
 
 if __name__ == "__main__":  # the sandbox re-imports this module; nothing runs on import

@@ -414,6 +414,9 @@ def test_an_event_refuses_an_unknown_type_or_a_foreign_id() -> None:
         ("payment.refunded", {}, 1050, "EUR", "of 10.50 EUR was refunded in full"),
         ("payment.partially_refunded", {"amount_refunded": 250}, 1050, "EUR",
          "2.50 EUR of your payment pay_m of 10.50 EUR was refunded"),
+        ("payment.refund_failed", {"decline_code": "charge_disputed", "amount_refunded": 0},
+         1050, "EUR",
+         "A refund of your payment pay_m of 10.50 EUR could not be made (reason: charge_disputed)"),
     ],
 )  # fmt: skip
 def test_the_customer_mail_says_what_happened_with_the_amount_in_major_units(

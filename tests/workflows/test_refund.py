@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowHandle
 
+from models.notifications import PlatformEvent
 from models.payment import PaymentKind, RefundInput, RefundResult
 from tests.helpers.time_skipping import fresh_environment
 from tests.workflows.payment_world import (
@@ -58,6 +59,14 @@ def refund_of(
         credit_account_id=credit,
         gateway_reference=charge if kind == "topup" else None,
     )
+
+
+def failure_announced(events: list[PlatformEvent]) -> list[tuple[str, int]]:
+    """The failed refund's event: its code, and all refunded of the payment so far (the
+    payment's status stays what it was)."""
+    assert all(e.type == "payment.refund_failed" for e in events), events
+    assert all(e.data["status"] == "succeeded" for e in events), events
+    return [(e.data["decline_code"], e.data["amount_refunded"]) for e in events]
 
 
 def ledger_steps(refund: RefundInput, *steps: str) -> list[tuple[str, str]]:
@@ -128,7 +137,7 @@ async def test_a_wallet_that_spent_the_money_fails_the_refund(world: World) -> N
     )
     assert world.ledger.log == []
     assert world.gateway.calls == []
-    assert await world.announced(handle) == []
+    assert failure_announced(await world.announced(handle)) == [("insufficient_funds", 0)]
     assert await world.status_attribute(handle) == "succeeded"
 
 
@@ -146,7 +155,7 @@ async def test_a_refund_the_gateway_declines_releases_the_hold(world: World) -> 
     assert world.ledger.log == ledger_steps(refund, "hold", "void")
     assert world.ledger.available(WALLET) == CAPTURED
     assert world.gateway.refunds == {}
-    assert await world.announced(handle) == []
+    assert failure_announced(await world.announced(handle)) == [("charge_disputed", 0)]
 
 
 async def test_a_refund_the_gateway_rejects_releases_the_hold_and_is_recorded(
@@ -203,7 +212,7 @@ async def test_a_hold_whose_answers_were_lost_is_voided_and_the_refund_fails(
     assert world.ledger.log == ledger_steps(refund, "hold", "void")
     assert world.ledger.available(WALLET) == CAPTURED
     assert world.gateway.calls == []
-    assert await world.announced(handle) == []
+    assert failure_announced(await world.announced(handle)) == [("processing_error", 0)]
 
 
 async def test_the_post_after_a_card_refund_is_retried_until_the_ledger_answers(
