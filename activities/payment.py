@@ -309,17 +309,27 @@ class PaymentActivities:
         return await self._payments.record_refund(record)
 
 
-# Statuses of a refund object that mean no money goes back (Stripe's names).
+# Statuses of a refund object that mean no money goes back (Stripe's names), and the one
+# that means it went back; any other is not settled yet.
 REFUND_NOT_MADE = frozenset({"failed", "canceled"})
+REFUND_MADE = "succeeded"
+REFUND_PENDING = "RefundPending"
 
 
 def refund_result(refund: GatewayRefund) -> GatewayResult:
-    """What the saga hears of a refund the provider answered with (or holds)."""
+    """What the saga hears of a refund the provider answered with (or holds). One not
+    settled yet (``pending``, ``requires_action``) raises ``RefundPending``, which Temporal
+    retries with backoff: the next attempt finds it by its key and reads it again, so the
+    saga books a refund only once the money went back (a pending one can still fail)."""
     if refund.status in REFUND_NOT_MADE:
         # A provider may answer with the refund object and its end, not an error.
         return GatewayResult("declined", reference=refund.id, decline_code="refund_failed")
-    # "pending" (and "requires_action"): the provider has taken the refund on.
-    return GatewayResult("succeeded", reference=refund.id)
+    if refund.status == REFUND_MADE:
+        return GatewayResult("succeeded", reference=refund.id)
+    raise ApplicationError(
+        f"refund {refund.id} is {refund.status} at the provider; asked again later",
+        type=REFUND_PENDING,
+    )
 
 
 async def _moving_money(call: Awaitable[T]) -> T | GatewayResult:

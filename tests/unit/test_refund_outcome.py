@@ -74,7 +74,6 @@ async def refund(provider: Provider, *, attempt: int = 1) -> GatewayResult:
     ("status", "outcome"),
     [
         ("succeeded", "succeeded"),
-        ("pending", "succeeded"),  # taken on: the money is on its way back
         ("failed", "declined"),
         ("canceled", "declined"),
     ],
@@ -119,3 +118,22 @@ async def test_a_refusal_with_no_refund_under_its_key_stays_a_refusal() -> None:
         await refund(provider)
     assert caught.value.type == GATEWAY_REJECTED
     assert len(provider.posted) == 1  # sent once, then looked up, not sent again
+
+
+@pytest.mark.parametrize("status", ["pending", "requires_action"])
+async def test_a_refund_not_settled_is_asked_about_again_not_booked(status: str) -> None:
+    """A pending refund can still fail: booked at once, the wallet would be debited for
+    money the card never got back. The attempt fails, retryable, and the next one reads
+    the refund made under the key."""
+    provider = Provider(httpx.Response(200, json=refund_object(status)), held=[])
+    with pytest.raises(ApplicationError) as caught:
+        await refund(provider)
+    assert (caught.value.type, caught.value.non_retryable) == ("RefundPending", False)
+
+    provider.held = [refund_object(status)]  # still not settled at the next attempt
+    with pytest.raises(ApplicationError):
+        await refund(provider, attempt=2)
+    provider.held = [refund_object("succeeded")]
+    result = await refund(provider, attempt=3)
+    assert (result.outcome, result.reference) == ("succeeded", "re_1")
+    assert len(provider.posted) == 1  # the later attempts only read it
