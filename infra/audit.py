@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
@@ -24,6 +26,22 @@ def record_audit_event(
     session.flush()
     session.refresh(event)
     return event
+
+
+async def add_audit_event(
+    conn: AsyncConnection[Any],
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """``record_audit_event`` for the stores on psycopg's async pool: in the connection's
+    transaction, so it commits with the change it describes."""
+    await conn.execute(
+        "INSERT INTO audit_events (actor, action, subject, details) VALUES (%s, %s, %s, %s)",
+        (actor, action, subject, Jsonb(details or {})),
+    )
 
 
 def write_audit_event(

@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from infra.audit import add_audit_event
 from infra.ledger_group_commit import GroupCommitter, with_retries
 from infra.postgres_pool import PostgresPool
 from infra.settings import Settings
@@ -261,10 +262,10 @@ class LedgerStore:
     @staticmethod
     async def _audit(conn: AsyncConnection[Any], audit: AuditNote, outcome: dict[str, Any]) -> None:
         ids = [t["id"] for t in outcome["transfers"]]
-        await conn.execute(
-            "INSERT INTO audit_events (actor, action, subject, details) VALUES (%s, %s, %s, %s)",
-            (audit.actor, audit.action, ids[0], Jsonb({**audit.details, "transfer_ids": ids})),
-        )
+        await add_audit_event(
+            conn, actor=audit.actor, action=audit.action, subject=ids[0],
+            details={**audit.details, "transfer_ids": ids},
+        )  # fmt: skip
 
     async def find_transfer(self, transfer_id: str) -> Transfer | None:
         """The transfer under this id, or None when there is none (yet)."""
@@ -290,14 +291,14 @@ class LedgerStore:
         """Posted entries of an account, oldest first, each with the balance after it; only
         those no earlier entry can still appear behind (migration 0017), so a caller paging
         by ``seq`` misses none."""
-        account = await self.get_account(account_id)
-        if account is None:
-            return []
-        # Normal side grows the balance: credits for liabilities, equity and revenue.
-        sign = "CASE WHEN side = 'credit' THEN amount ELSE -amount END"
-        if not account.kind.credit_normal:
-            sign = "CASE WHEN side = 'debit' THEN amount ELSE -amount END"
         async with self._pool.connection() as conn:
+            account = await self._get_account(conn, account_id)
+            if account is None:
+                return []
+            # Normal side grows the balance: credits for liabilities, equity and revenue.
+            sign = "CASE WHEN side = 'credit' THEN amount ELSE -amount END"
+            if not account.kind.credit_normal:
+                sign = "CASE WHEN side = 'debit' THEN amount ELSE -amount END"
             # A statement (a transaction) of its own: its lock waits for the account's
             # writers in flight and ends before the page is read.
             horizon = await conn.execute("SELECT ledger_entries_horizon(%s)", (account_id,))

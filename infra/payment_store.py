@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from infra.audit import add_audit_event
 from infra.event_log import record_event
 from models.errors import BusinessRuleError
 from models.payment import PaymentRecord, RefundOutcome, RefundRecord
@@ -162,23 +163,18 @@ class PaymentStore:
             if created is not None:
                 return StoredPayment(**created), True
             existing = await self._existing(conn, scope, key, request_hash)
-            assert existing is not None  # noqa: S101 - missing_ok is off: it raises instead
+            if existing is None:  # keys are never deleted; the conflicting row must be there
+                raise RuntimeError(f"idempotency key of {scope} vanished")
             return existing, False
 
     async def answered(self, *, scope: str, key: str, request_hash: str) -> StoredPayment | None:
         """The payment a used key answered with; None for a key not used yet;
         ``IdempotencyKeyReused`` when it was used for another request."""
         async with self._pool.connection() as conn:
-            return await self._existing(conn, scope, key, request_hash, missing_ok=True)
+            return await self._existing(conn, scope, key, request_hash)
 
     async def _existing(
-        self,
-        conn: AsyncConnection[Any],
-        scope: str,
-        key: str,
-        request_hash: str,
-        *,
-        missing_ok: bool = False,
+        self, conn: AsyncConnection[Any], scope: str, key: str, request_hash: str
     ) -> StoredPayment | None:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
@@ -189,10 +185,7 @@ class PaymentStore:
         )
         row = await cur.fetchone()
         if row is None:
-            if missing_ok:
-                return None
-            # Keys are never deleted; the conflicting row must be there.
-            raise RuntimeError(f"idempotency key of {scope} vanished")
+            return None
         if row.pop("request_hash") != request_hash:
             raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
         return StoredPayment(**row)
@@ -423,12 +416,9 @@ class PaymentStore:
                 )
                 refund = StoredRefund(**_row(await cur.fetchone()))
                 # Who took money back out of a wallet, with the request that did it.
-                await cur.execute(
-                    "INSERT INTO audit_events (actor, action, subject, details) "
-                    "VALUES (%s, 'payment.refund_requested', %s, %s)",
-                    (created_by, refund_id, Jsonb({"payment_id": payment_id, "amount": amount,
-                                                   "idempotency_scope": scope})),
-                )  # fmt: skip
+                details = {"payment_id": payment_id, "amount": amount, "idempotency_scope": scope}
+                await add_audit_event(conn, actor=created_by, action="payment.refund_requested",
+                                      subject=refund_id, details=details)  # fmt: skip
                 return refund, True
         except UniqueViolation as exc:
             if exc.diag.constraint_name != _REFUND_KEY_CONSTRAINT:

@@ -204,11 +204,11 @@ class ProcessTable:
         record = self.get(name)
         if record is None:
             return
-        members = [[pid, ticks] for pid, ticks in record.members if pid in record.live_members()]
-        for pid in children_of(record.pid):
-            with contextlib.suppress(OSError):
-                if not any(known == pid for known, _ in members):
-                    members.append([pid, start_ticks(pid)])
+        live = set(record.live_members())
+        members = [[pid, ticks] for pid, ticks in record.members if pid in live]
+        for pid in set(children_of(record.pid)) - live:
+            with contextlib.suppress(OSError):  # gone already
+                members.append([pid, start_ticks(pid)])
         self._write(replace(record, members=members))
 
     def _write(self, record: ProcessRecord) -> None:
