@@ -79,9 +79,11 @@ class RefundCreate(BaseModel):
 
 class RiskPublic(BaseModel):
     band: str
-    score: float
     reasons: list[str]
-    model_version: str
+    # For apps and staff only: a customer who could read the model's score of each try
+    # could probe it for the amounts and times it lets through (None for customers).
+    score: float | None = None
+    model_version: str | None = None
 
 
 class TimelinePublic(BaseModel):

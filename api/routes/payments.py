@@ -128,29 +128,47 @@ def _visible(principal: Principal, payment: StoredPayment | None, payment_id: st
     raise ProblemError(404, "payment_not_found", "No such payment", f"no payment {payment_id}")
 
 
-def _risk(payment: StoredPayment, live: PaymentState | None) -> RiskPublic | None:
+def _risk(
+    payment: StoredPayment, live: PaymentState | None, viewer: Principal
+) -> RiskPublic | None:
     if live is not None and live.risk is not None:
         r = live.risk
-        return RiskPublic(
+        risk = RiskPublic(
             band=r.band, score=r.score, reasons=r.reasons, model_version=r.model_version
         )
-    if payment.risk_band is None:
+    elif payment.risk_band is None:
         return None
-    return RiskPublic(
-        band=payment.risk_band,
-        score=payment.risk_score or 0.0,
-        reasons=payment.risk_reasons or [],
-        model_version=payment.model_version or "",
-    )
+    else:
+        risk = RiskPublic(
+            band=payment.risk_band,
+            score=payment.risk_score or 0.0,
+            reasons=payment.risk_reasons or [],
+            model_version=payment.model_version or "",
+        )
+    if _sees_scores(viewer):
+        return risk
+    return risk.model_copy(update={"score": None, "model_version": None})
 
 
 def _sees_all(principal: Principal) -> bool:
     return principal.is_staff or "compliance_officer" in principal.roles
 
 
+def _sees_scores(principal: Principal) -> bool:
+    """Apps and staff see the model's score and version; a paying customer does not."""
+    return _sees_all(principal) or "app" in principal.roles
+
+
 # Timeline entries whose detail names staff (the officers who approved a review): a
 # customer or an app sees that it happened, not who decided.
 _STAFF_DETAILS = frozenset({"review_approved"})
+
+
+def _without_score(detail: str) -> str:
+    """``risk_scored``'s detail ("<band> <score> <reasons>") without the score."""
+    band, _, rest = detail.partition(" ")
+    _score, _, reasons = rest.partition(" ")
+    return f"{band} {reasons}".strip()
 
 
 def _timeline(
@@ -163,9 +181,16 @@ def _timeline(
     )
     if _sees_all(viewer):
         return entries
-    return [
-        e.model_copy(update={"detail": ""}) if e.event in _STAFF_DETAILS else e for e in entries
-    ]
+    scores = _sees_scores(viewer)
+
+    def shown(e: TimelinePublic) -> TimelinePublic:
+        if e.event in _STAFF_DETAILS:
+            return e.model_copy(update={"detail": ""})
+        if e.event == "risk_scored" and not scores:
+            return e.model_copy(update={"detail": _without_score(e.detail)})
+        return e
+
+    return [shown(e) for e in entries]
 
 
 def _public(
@@ -183,7 +208,7 @@ def _public(
         payment_method=payment.payment_method,
         payout_destination=payment.payout_destination,
         decline_code=live.decline_code if live else payment.decline_code,
-        risk=_risk(payment, live),
+        risk=_risk(payment, live, viewer),
         review_id=live.review_id if live else payment.review_id,
         captured_amount=live.captured_amount if live else payment.captured_amount,
         refunded_amount=payment.refunded_amount,

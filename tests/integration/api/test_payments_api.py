@@ -29,6 +29,7 @@ from infra.payment_store import (
 )
 from infra.settings import Settings
 from models.ids import new_id
+from models.ledger import Account
 from tests.helpers.ledger import AccountFactory
 from tests.helpers.logins import Logins
 from tests.helpers.payments import (
@@ -91,7 +92,12 @@ async def test_top_up_transfer_and_pay_out_move_exact_amounts(
 
     topup = await top_up(api, logins, wallets["alice"], 10_000)
     assert topup["captured_amount"] == 10_000
-    assert topup["risk"]["band"] == "approve" and topup["risk"]["model_version"]
+    # The paying customer sees the band and reasons, never the model's score or version.
+    assert topup["risk"] == {"band": "approve", "reasons": [], "score": None, "model_version": None}
+    scored = next(e["detail"] for e in topup["timeline"] if e["event"] == "risk_scored")
+    assert scored == "approve", scored
+    staff_view = await api.get(f"/v1/payments/{topup['id']}", headers=logins.headers("olivia"))
+    assert staff_view.json()["risk"]["model_version"].startswith("fraud-v1-")
     events = [e["event"] for e in topup["timeline"]]
     assert events[:5] == ["accepted", "risk_scored", "funds_held", "charged", "posted"]
     charges = await gateway.charges(topup["id"])
@@ -891,6 +897,23 @@ async def test_a_finished_payment_whose_stamp_was_lost_is_not_started_again(
     assert payment.id not in {p.id for p in stranded}
 
 
+async def new_payer_paying_bob(
+    accounts: AccountFactory, wallets: dict[str, str], amount: int
+) -> tuple[Account, dict[str, Any]]:
+    """A wallet of a customer of this test's own, funded with 10.00, and a transfer body
+    from it to bob."""
+    payer = await accounts.wallet(f"cus_{uuid.uuid4().hex[:12]}", CURRENCY)
+    await accounts.fund(payer, 1_000)
+    body = {
+        "kind": "transfer",
+        "source_account_id": payer.id,
+        "destination_account_id": wallets["bob"],
+        "amount": amount,
+        "currency": CURRENCY,
+    }
+    return payer, body
+
+
 async def test_a_retry_is_answered_with_its_payment_even_once_its_wallet_is_closed(
     api: httpx.AsyncClient,
     app_headers: dict[str, str],
@@ -901,15 +924,7 @@ async def test_a_retry_is_answered_with_its_payment_even_once_its_wallet_is_clos
     """The key is looked up before a refusal is answered: a retry of a payment accepted
     before gets that payment, whatever its wallets are now; another request under the key
     is the key's 409, not the refusal."""
-    payer = await accounts.wallet(f"cus_{uuid.uuid4().hex[:12]}", CURRENCY)
-    await accounts.fund(payer, 1_000)
-    body = {
-        "kind": "transfer",
-        "source_account_id": payer.id,
-        "destination_account_id": wallets["bob"],
-        "amount": 400,
-        "currency": CURRENCY,
-    }
+    payer, body = await new_payer_paying_bob(accounts, wallets, 400)
     key = {"Idempotency-Key": str(uuid.uuid4())}
     first = await api.post("/v1/payments", json=body, headers=app_headers | key)
     assert first.status_code == 202, first.text
@@ -925,3 +940,22 @@ async def test_a_retry_is_answered_with_its_payment_even_once_its_wallet_is_clos
         "/v1/payments", json=body, headers=app_headers | {"Idempotency-Key": str(uuid.uuid4())}
     )
     assert (fresh.status_code, fresh.json()["code"]) == (422, "account_closed")
+
+
+async def test_an_app_sees_the_risk_score_its_customer_does_not(
+    api: httpx.AsyncClient,
+    app_headers: dict[str, str],
+    accounts: AccountFactory,
+    logins: Logins,
+    wallets: dict[str, str],
+) -> None:
+    _, body = await new_payer_paying_bob(accounts, wallets, 300)
+    started = await api.post(
+        "/v1/payments", json=body, headers=app_headers | {"Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert started.status_code == 202, started.text
+    done = await wait_for(api, app_headers, started.json()["id"])
+    risk = done["risk"]
+    assert isinstance(risk["score"], float) and risk["model_version"].startswith("fraud-v1-")
+    scored = next(e["detail"] for e in done["timeline"] if e["event"] == "risk_scored")
+    assert scored.split(" ")[:2] == [risk["band"], str(risk["score"])], scored
