@@ -54,8 +54,16 @@ DUE_AT = SearchAttributeKey.for_datetime("ReviewDueAt")
 ESCALATIONS = SearchAttributeKey.for_int("ReviewEscalations")
 
 _AUDIT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
-# workflow.patched id: a case withdrawn with its payment or application records that.
+# workflow.patched ids.
+# A case withdrawn with its payment or application records that.
 RECORD_WITHDRAWAL = "record-review-withdrawal"
+# The supervisors' mail on an escalation is sent beside the case, not waited for: a mail
+# relay that is down held every later deadline, and the parent's answer, until it was back.
+SUPERVISOR_MAIL_ASIDE = "supervisor-mail-aside"
+# An audit line the case has begun to write is written even when the case is withdrawn
+# meanwhile: the withdrawal canceled it (an "SLA expired" retried while the database was
+# away was never written).
+AUDIT_OUTLIVES_WITHDRAWAL = "audit-outlives-withdrawal"
 
 
 class Refused:
@@ -157,7 +165,9 @@ class ComplianceReviewWorkflow:
                     await self._record("sla", "review.escalated", level=self._escalations)
                     # Cases opened before supervisors were notified replay without it.
                     if workflow.patched("notify-supervisors-on-escalation"):
-                        await self._notify_supervisors(opened, stages[number][0])
+                        notice = self._notify_supervisors(opened, stages[number][0])
+                        if not workflow.patched(SUPERVISOR_MAIL_ASIDE):
+                            await notice
                 else:
                     self._sla_expired = True
                     self._close(case.default_outcome, "sla")
@@ -209,7 +219,7 @@ class ComplianceReviewWorkflow:
         )
 
     async def _record(self, actor: str, action: str, **details: object) -> None:
-        await workflow.execute_activity(
+        written = workflow.start_activity(
             RECORD_REVIEW_EVENT,
             ReviewEvent(
                 review_id=self._case.review_id,
@@ -220,9 +230,21 @@ class ComplianceReviewWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_AUDIT_RETRY,
         )
+        if not workflow.patched(AUDIT_OUTLIVES_WITHDRAWAL):
+            await written
+            return
+        try:
+            await asyncio.shield(written)
+        except asyncio.CancelledError:
+            await written  # the line is written; then the withdrawal goes on
+            raise
 
-    async def _notify_supervisors(self, opened: datetime, next_stage_seconds: int) -> None:
-        await workflow.execute_activity(
+    def _notify_supervisors(
+        self, opened: datetime, next_stage_seconds: int
+    ) -> workflow.ActivityHandle[None]:
+        """Started, not awaited here: retried until the relay takes it, or until the
+        case closes (a notice about a closed case is moot)."""
+        notice: workflow.ActivityHandle[None] = workflow.start_activity(
             NOTIFY_SUPERVISORS,
             EscalationNotice(
                 review_id=self._case.review_id,
@@ -233,6 +255,7 @@ class ComplianceReviewWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_AUDIT_RETRY,
         )
+        return notice
 
     def _state(self) -> ReviewState:
         return ReviewState(
@@ -262,7 +285,9 @@ class ComplianceReviewWorkflow:
             raise Refused.not_an_officer()
         if self._concerns(actor.subject):
             raise Refused.own_case()
-        if self._outcome is not None:
+        # Withdrawn: the case is closing with its payment or application, its withdrawal
+        # still being written.
+        if self._outcome is not None or self._status == "withdrawn":
             raise Refused.closed()
 
     @workflow.query

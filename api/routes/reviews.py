@@ -48,6 +48,8 @@ _REFUSALS = {
     "NotASupervisor": (403, "not_a_supervisor"),
     "AlreadyApproved": (409, "already_approved"),
     "CaseClosed": (409, "case_closed"),
+    # Temporal's: the case ended (withdrawn) while it was taking this decision.
+    "AcceptedUpdateCompletedWorkflow": (409, "case_closed"),
 }
 
 

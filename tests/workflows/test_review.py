@@ -3,6 +3,7 @@ four-eyes."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -10,7 +11,7 @@ from datetime import timedelta
 import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -44,20 +45,48 @@ events: list[ReviewEvent] = []
 notices: list[EscalationNotice] = []
 
 
+class Faults:
+    """What the fakes of the audit log and the mail relay do, set per test."""
+
+    def __init__(self) -> None:
+        self.mail_down = False
+        # Actions the audit log refuses (a database away) until the event is set.
+        self.audit_down_for: set[str] = set()
+        self.audit_back = asyncio.Event()
+        self.audit_refused = asyncio.Event()
+        # Actions whose record waits for the event once it has begun.
+        self.slow_record: set[str] = set()
+        self.record_entered = asyncio.Event()
+        self.record_gate = asyncio.Event()
+
+
+faults = Faults()
+
+
 @activity.defn(name=RECORD_REVIEW_EVENT)
 async def remember(event: ReviewEvent) -> None:
+    if event.action in faults.audit_down_for and not faults.audit_back.is_set():
+        faults.audit_refused.set()
+        raise RuntimeError("the audit database is away")
+    if event.action in faults.slow_record:
+        faults.record_entered.set()
+        await faults.record_gate.wait()
     events.append(event)
 
 
 @activity.defn(name=NOTIFY_SUPERVISORS)
 async def tell_supervisors(notice: EscalationNotice) -> None:
+    if faults.mail_down:
+        raise RuntimeError("the mail relay refuses connections")
     notices.append(notice)
 
 
 @pytest.fixture
 async def queue(workflow_env: WorkflowEnvironment) -> AsyncIterator[str]:
+    global faults  # noqa: PLW0603 - the fakes read the test's faults
     events.clear()
     notices.clear()
+    faults = Faults()
     name = f"review-{uuid.uuid4()}"
     async with Worker(
         workflow_env.client,
@@ -69,7 +98,12 @@ async def queue(workflow_env: WorkflowEnvironment) -> AsyncIterator[str]:
 
 
 async def open_case(
-    env: WorkflowEnvironment, queue: str, *, approvals: int = 1, related: tuple[str, ...] = ()
+    env: WorkflowEnvironment,
+    queue: str,
+    *,
+    approvals: int = 1,
+    related: tuple[str, ...] = (),
+    sla: SlaPolicy = SLA,
 ) -> WorkflowHandle[ComplianceReviewWorkflow, ReviewOutcome]:
     review_id = f"rev_{uuid.uuid4().hex}"
     return await env.client.start_workflow(
@@ -85,7 +119,7 @@ async def open_case(
             required_approvals=approvals,
             amount_minor=250_000,
             currency="EUR",
-            sla=SLA,
+            sla=sla,
             related_subjects=list(related),
         ),
         id=review_id,
@@ -228,3 +262,73 @@ async def test_someone_the_case_concerns_neither_decides_nor_is_assigned_it(
         ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="checked")
     )
     assert approved.status == "approved"
+
+
+def actions_of(handle: WorkflowHandle[ComplianceReviewWorkflow, ReviewOutcome]) -> list[str]:
+    return [e.action for e in events if e.review_id == handle.id]
+
+
+async def test_a_mail_relay_that_stays_down_holds_up_no_deadline_and_no_decision(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    """The supervisors' mail is retried beside the case: the case still expires on time,
+    and a decision still reaches the parent."""
+    faults.mail_down = True
+    # Minutes, not days: every retry of the mail (at most 30 s apart) is a real attempt.
+    short = SlaPolicy(
+        first_escalation_seconds=60, second_escalation_seconds=120, expiry_seconds=180
+    )
+    expiring = await open_case(workflow_env, queue, sla=short)
+    outcome = await asyncio.wait_for(expiring.result(), timeout=60)
+    assert (outcome.outcome, outcome.sla_expired) == ("rejected", True)
+    assert actions_of(expiring) == [
+        "review.opened",
+        "review.escalated",
+        "review.escalated",
+        "review.sla_expired",
+    ]
+
+    decided = await open_case(workflow_env, queue, sla=short)
+    await workflow_env.sleep(timedelta(seconds=90))  # escalated: its mail keeps failing
+    approved = await decided.execute_update(
+        ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="checked")
+    )
+    assert approved.status == "approved"
+    outcome = await asyncio.wait_for(decided.result(), timeout=30)
+    assert (outcome.outcome, outcome.sla_expired) == ("approved", False)
+    assert notices == []
+
+
+async def test_a_case_being_withdrawn_takes_no_decision(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    faults.slow_record = {"review.withdrawn"}
+    handle = await open_case(workflow_env, queue)
+    await handle.cancel()  # its payment was canceled
+    await asyncio.wait_for(faults.record_entered.wait(), timeout=10)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(
+            ComplianceReviewWorkflow.approve, DecideInput(actor=CAROL, reason="too late")
+        )
+    assert refused.value.cause.type == "CaseClosed"  # type: ignore[attr-defined]
+    faults.record_gate.set()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert actions_of(handle) == ["review.opened", "review.withdrawn"]
+
+
+async def test_a_withdrawal_does_not_cancel_the_sla_expiry_audit_line(
+    workflow_env: WorkflowEnvironment, queue: str
+) -> None:
+    """The deadline passes while the audit database is away; the payment is canceled
+    before it is back. The expiry stands, and its line is written once it is."""
+    faults.audit_down_for = {"review.sla_expired"}
+    handle = await open_case(workflow_env, queue)
+    await workflow_env.sleep(timedelta(hours=73))
+    await asyncio.wait_for(faults.audit_refused.wait(), timeout=10)
+    await handle.cancel()
+    await asyncio.sleep(0.5)
+    faults.audit_back.set()
+    outcome = await asyncio.wait_for(handle.result(), timeout=60)
+    assert (outcome.outcome, outcome.sla_expired) == ("rejected", True)
+    assert actions_of(handle)[-1] == "review.sla_expired"
