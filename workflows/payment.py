@@ -32,7 +32,9 @@ as far as the saga got):
                                        webhooks in an abandoned EventDeliveryWorkflow.
 
 ``cancel`` (an Update) is honoured until the point of no return: the gateway step for top-ups
-and payouts, the post for transfers. Terminal statuses are final.
+and payouts, the post for transfers. A review decided a moment before the cancel reached
+its case stands: a rejection declines the payment (``review_rejected``), an approval is
+noted and the cancel then honoured. Terminal statuses are final.
 
 Search attributes: PaymentStatus, PaymentKind, CustomerId, AmountMinor, Currency (set at
 start by the API), RiskScore after scoring; current details say what the payment waits for.
@@ -128,6 +130,8 @@ PAYOUT_POST_UNTIL_ANSWERED = "payout-post-until-answered"
 RECORD_REVIEW_APPROVAL = "record-review-approval"
 # A lookup (or a same-key replay) that fails while the outcome is unknown leaves it unknown.
 FAILED_LOOKUP_STAYS_UNKNOWN = "failed-lookup-stays-unknown"
+# A review decided just before the cancel reached its case answers with the decision.
+REVIEW_DECISION_BEFORE_CANCEL = "review-decision-before-cancel"
 
 _GATEWAY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -425,10 +429,20 @@ class PaymentWorkflow:
         await workflow.wait_condition(lambda: handle.done() or self._cancel_requested)
         if not handle.done():
             handle.cancel()  # the case is withdrawn with the payment
-            self._note("review_withdrawn", review_id)
-            with contextlib.suppress(ChildWorkflowError, asyncio.CancelledError):
-                await handle
-            return None
+            if not workflow.patched(REVIEW_DECISION_BEFORE_CANCEL):
+                self._note("review_withdrawn", review_id)
+                with contextlib.suppress(ChildWorkflowError, asyncio.CancelledError):
+                    await handle
+                return None
+            try:
+                decided: ReviewOutcome = await handle
+            except (ChildWorkflowError, asyncio.CancelledError):
+                self._note("review_withdrawn", review_id)
+                return None
+            # Decided while its audit line was written: the officer was told so, and the
+            # case's trail says so. A rejection stands; after an approval the cancel is
+            # still honoured, as nothing has left for the gateway.
+            return decided
         outcome: ReviewOutcome = handle.result()
         return outcome
 

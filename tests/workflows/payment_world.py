@@ -346,6 +346,9 @@ class World:
     captured: dict[str, int] = field(default_factory=dict)
     refunds_by_id: dict[str, int] = field(default_factory=dict)
     review_events: list[ReviewEvent] = field(default_factory=list)
+    # When set, a review decision's audit line waits here (the case is deciding).
+    decision_record_gate: asyncio.Event | None = None
+    decision_record_entered: asyncio.Event = field(default_factory=asyncio.Event)
     notices: list[EscalationNotice] = field(default_factory=list)
     # Announcements: every event recorded, and the app's webhook endpoints that hear of it.
     events: list[PlatformEvent] = field(default_factory=list)
@@ -463,6 +466,10 @@ class World:
 
     @activity.defn(name=RECORD_REVIEW_EVENT)
     async def record_review_event(self, event: ReviewEvent) -> None:
+        decision = event.action in {"review.approved", "review.rejected"}
+        if decision and self.decision_record_gate is not None:
+            self.decision_record_entered.set()
+            await self.decision_record_gate.wait()
         self.review_events.append(event)
 
     @activity.defn(name=NOTIFY_SUPERVISORS)

@@ -439,6 +439,46 @@ async def test_cancel_during_review_withdraws_the_case_and_voids_the_hold(world:
     assert await announced(world, handle) == [("payment.canceled", None)]
 
 
+@pytest.mark.parametrize("decision", ["reject", "approve"])
+async def test_a_review_decided_just_before_the_cancel_reached_it_stands(
+    world: World, decision: str
+) -> None:
+    """The officer decides; while the decision's audit line is written, the customer
+    cancels. A rejection stands (declined, not canceled); after an approval the cancel is
+    honoured, and the timeline says the case was approved, not withdrawn."""
+    world.risk = REVIEW
+    world.decision_record_gate = asyncio.Event()
+    p = topup(amount=9_000)
+    handle = await world.start(p)
+    await in_review(world, handle, p)
+    deciding = asyncio.create_task(
+        review_of(world, p).execute_update(
+            getattr(ComplianceReviewWorkflow, decision),
+            DecideInput(actor=CAROL, reason="checked"),
+        )
+    )
+    await asyncio.wait_for(world.decision_record_entered.wait(), timeout=10)
+    canceling = asyncio.create_task(handle.execute_update(PaymentWorkflow.cancel))
+    await asyncio.sleep(0.5)  # the cancel reaches the case while it writes the decision
+    world.decision_record_gate.set()
+    await deciding
+    state = await finished(world, handle)
+
+    assert (await canceling).status == state.status
+    assert world.ledger.log == ledger_steps(p, "hold", "void")
+    assert world.gateway.calls == []
+    assert "review_withdrawn" not in events(state)
+    actions = [e.action for e in world.review_events]
+    assert "review.withdrawn" not in actions
+    if decision == "reject":
+        assert (state.status, state.decline_code) == ("declined", "review_rejected")
+        assert await announced(world, handle) == [("payment.declined", "review_rejected")]
+    else:
+        assert state.status == "canceled"
+        assert events(state)[-3:] == ["review_approved", "hold_voided", "canceled"]
+        assert await announced(world, handle) == [("payment.canceled", None)]
+
+
 async def test_cancel_after_the_gateway_step_started_is_refused(world: World) -> None:
     world.gateway.gate = asyncio.Event()
     p = topup()
