@@ -39,9 +39,10 @@ Matching
    ``rapidfuzz.process.extract`` with a score cutoff scans them per query form in C.
 4. Birth date: when a listed birth date agrees with the person's (at the listed precision:
    a year-only entry agrees with any date in that year) the score gains ``dob_bonus`` (5);
-   when every listed date is two or more years away it loses ``dob_penalty`` (15): an exact
-   name born decades apart is a namesake. One year off, or the same year with another day,
-   changes nothing: list dates are often approximate. No date on either side: no change.
+   when every listed date is ten or more years away it loses ``dob_penalty`` (15): an exact
+   name born a decade or more apart is a namesake. Closer dates change nothing: list dates
+   are often approximate ("circa", a year off, several candidates), and an exact name two
+   years off must still reach an officer. No date on either side: no change.
 
 Threshold
 ---------
@@ -99,6 +100,8 @@ MULTI_VALUE_SEPARATOR = ";"
 DEFAULT_THRESHOLD = 88.0
 DEFAULT_DOB_BONUS = 5.0
 DEFAULT_DOB_PENALTY = 15.0
+# Birth years this far apart or more make an exact name a namesake (the penalty).
+NAMESAKE_YEARS = 10
 # Entries scoring below this are not even looked at: best_score reports 0.0 for them.
 NEAR_MISS_FLOOR = 70.0
 
@@ -414,9 +417,9 @@ class Screener:
 
 
 def _compare_birth(listed: tuple[PartialDate, ...], born: date | None) -> tuple[bool | None, bool]:
-    """(does a listed date agree, is every listed date two or more years away)."""
+    """(does a listed date agree, is every listed date ``NAMESAKE_YEARS`` or more away)."""
     if born is None or not listed:
         return None, False
     if any(d.agrees_with(born) for d in listed):
         return True, False
-    return False, all(abs(d.year - born.year) >= 2 for d in listed)
+    return False, all(abs(d.year - born.year) >= NAMESAKE_YEARS for d in listed)

@@ -295,11 +295,22 @@ def test_the_birth_date_raises_or_lowers_the_score(screener: Screener) -> None:
     plain, unknown = score(None)
     assert unknown is None
     assert score(date(1961, 3, 14)) == (min(100.0, plain + screener.dob_bonus), True)
-    # Same year, another day, or a year off: lists are approximate, so no change.
+    # Same year, another day, or some years off: lists are approximate, so no change.
     assert score(date(1961, 9, 1)) == (plain, False)
     assert score(date(1962, 3, 14)) == (plain, False)
-    # Decades off: a namesake.
+    assert score(date(1963, 3, 14)) == (plain, False)
+    assert score(date(1970, 3, 14)) == (plain, False)
+    # A decade or more off: a namesake.
+    assert score(date(1971, 3, 14)) == (round(plain - screener.dob_penalty, 1), False)
     assert score(date(1990, 1, 1)) == (round(plain - screener.dob_penalty, 1), False)
+
+
+def test_an_exact_listed_name_born_two_years_off_still_reaches_an_officer(
+    screener: Screener,
+) -> None:
+    exact = screener.screen("Vasiliy", "Zhernovoy", date(1963, 3, 14))
+    assert exact.possible_match, exact
+    assert [h.entry_id for h in exact.hits][:1] == ["bfc-s-0001"]
 
 
 def test_a_year_only_listing_agrees_with_any_date_that_year(screener: Screener) -> None:
