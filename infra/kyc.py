@@ -51,7 +51,7 @@ DEFAULT_SIGNATURE_TOLERANCE_SECONDS = 300
 
 
 class InvalidSignature(KycError):
-    """A callback that does not prove it comes from the provider: ignore it (answer 400)."""
+    """A callback that does not prove it comes from the provider: ignore it (answer 401)."""
 
 
 class InvalidCallback(KycError):
@@ -212,14 +212,13 @@ def _timestamp(value: str) -> datetime:
 
 
 def parse_callback(body: bytes) -> KycVerification:
-    """The verdict in a callback body; call only after ``verify_callback_signature``."""
+    """The verification in a callback body, completed or still a progress note (which the
+    provider may send too, and must be acknowledged); call only after
+    ``verify_callback_signature``."""
     try:
-        verification = verification_from_json(json.loads(body))
+        return verification_from_json(json.loads(body))
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidCallback(f"kyc callback: {exc}") from exc
-    if not verification.completed:
-        raise InvalidCallback("kyc callback: the verification is not completed")
-    return verification
 
 
 def verify_callback_signature(

@@ -119,7 +119,6 @@ def test_a_missing_or_malformed_header_fails(header: str | None) -> None:
     [
         b"not json",
         b"[]",
-        json.dumps({"id": "ver_1", "reference": "onb_1", "status": "pending"}).encode(),
         json.dumps(
             {"id": "ver_1", "reference": "onb_1", "status": "completed", "verdict": "maybe"}
         ).encode(),
@@ -128,6 +127,16 @@ def test_a_missing_or_malformed_header_fails(header: str | None) -> None:
 def test_a_callback_that_is_no_verdict_is_refused(body: bytes) -> None:
     with pytest.raises(InvalidCallback):
         parse_callback(body)
+
+
+def test_a_progress_note_is_read_not_refused() -> None:
+    note = json.dumps({"id": "ver_1", "reference": "onb_1", "status": "pending"}).encode()
+    verification = parse_callback(note)
+    assert (verification.status, verification.completed, verification.verdict) == (
+        "pending",
+        False,
+        None,
+    )
 
 
 # -- the connector --------------------------------------------------------------------------

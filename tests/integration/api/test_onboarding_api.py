@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,8 +25,10 @@ from infra.audit import list_audit_events
 from infra.envelope import EnvelopeCipher
 from infra.keycloak import password_login
 from infra.onboarding_store import OnboardingStore
+from infra.sandbox.kyc_provider import sign as sign_callback
 from infra.settings import Settings
 from infra.stack.launcher import Stack
+from infra.vault import SecretStore, connect_vault, load_platform_secrets
 from tests.helpers.logins import Logins
 from tests.helpers.mailbox import body_of, mails_to
 from tests.helpers.payments import pay_and_wait
@@ -502,3 +505,17 @@ async def test_kyc_callbacks_need_the_providers_signature(api: httpx.AsyncClient
         "/v1/kyc/callbacks", content=body, headers={"KYC-Signature": "t=1,v1=" + "0" * 64}
     )
     assert forged.status_code == 401
+
+
+async def test_a_signed_progress_note_from_the_provider_is_acknowledged(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A provider retries any answer but 2xx, and may give up on an endpoint that keeps
+    refusing: a note that the check is still pending is taken, and changes nothing."""
+    secret = load_platform_secrets(SecretStore(connect_vault(settings), settings))["kyc"][
+        "webhook_signing_secret"
+    ]
+    body = json.dumps({"id": "ver_x", "reference": "onb_x", "status": "pending"}).encode()
+    signature = sign_callback(secret, body, int(time.time()))
+    note = await api.post("/v1/kyc/callbacks", content=body, headers={"KYC-Signature": signature})
+    assert (note.status_code, note.json()) == (200, {"received": True}), note.text
