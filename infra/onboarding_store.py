@@ -427,6 +427,9 @@ class OnboardingStore:
             "status": record.status,
             "missing": list(record.missing),
             "updated_at": func.now(),
+            # The saga's own record proves it started, whether or not the API got to stamp
+            # it: an unstamped row would never have a document's signal re-sent by the sweep.
+            "saga_started_at": func.coalesce(c.saga_started_at, func.now()),
         }
         for column in (
             "user_id",

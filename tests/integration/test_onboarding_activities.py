@@ -10,6 +10,7 @@ import hashlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine, text
@@ -218,6 +219,23 @@ def test_a_stored_document_is_marked_until_told_or_decided(
     )
     decided = store.get(application.id)
     assert decided is not None and decided.documents_unsignalled_since is None
+
+
+def test_the_sagas_own_record_stamps_it_started(store: OnboardingStore, unique: str) -> None:
+    """Started, with the API's stamp lost (it stopped after starting the workflow): the
+    workflow's first record stamps it, so the documents sweep can still tell it of a
+    document whose signal failed."""
+    application = apply(store, person(unique, document=None), key=f"key-{unique}")
+    assert application.saga_started_at is None
+    waiting = OnboardingRecord(
+        onboarding_id=application.id, status="awaiting_documents", missing=list(application.missing)
+    )
+    assert store.record(waiting)
+    store.add_document(application.id, "passport", f"CLEAR{unique}")
+    stored = store.get(application.id)
+    assert stored is not None and stored.saga_started_at is not None
+    unsignalled = store.documents_unsignalled(older_than=timedelta(0), limit=1000)
+    assert application.id in {a.id for a in unsignalled}
 
 
 def test_a_decided_application_is_never_moved(
